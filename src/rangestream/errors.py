@@ -1,0 +1,114 @@
+"""The one exception hierarchy of rangestream.
+
+Everything the library raises on purpose derives from :class:`RangestreamError`.
+Terminal transfer errors (:class:`StreamError` and below) say which URL failed
+(secrets redacted), how many bytes of the object had been delivered, and how
+many attempts were made, so a caller can tell a user exactly how far it got.
+
+:class:`TransientError` is what a single attempt fails with when the failure is
+worth retrying; the engine only lets it escape wrapped in
+:class:`RetriesExhaustedError` (as its ``__cause__``).
+"""
+
+from __future__ import annotations
+
+from .redact import redact_url
+
+__all__ = [
+    "RangestreamError",
+    "InvalidURLError",
+    "StreamError",
+    "HTTPStatusError",
+    "URLExpiredError",
+    "RetriesExhaustedError",
+    "ObjectChangedError",
+    "TransientError",
+    "MuxError",
+]
+
+
+class RangestreamError(Exception):
+    """Base class of every error rangestream raises."""
+
+
+class InvalidURLError(RangestreamError, ValueError):
+    """The URL cannot be fetched at all (bad scheme, no host, unparsable)."""
+
+
+class StreamError(RangestreamError):
+    """A transfer stopped for good.
+
+    ``offset`` is the number of bytes of the object delivered to the consumer
+    before the failure (every one of them was delivered, in order); ``attempts``
+    counts the requests made for the chunk that failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        offset: int | None = None,
+        attempts: int | None = None,
+        size: int | None = None,
+    ) -> None:
+        self.url = redact_url(url) if url else None
+        self.offset = offset
+        self.attempts = attempts
+        self.size = size
+        self.reason = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        # Rendered on demand: the engine fills in ``offset`` when the error reaches
+        # the consumer, which is the moment "how far it got" is known for sure.
+        parts = [self.reason]
+        if self.offset is not None:
+            total = f" of {self.size}" if self.size is not None else ""
+            parts.append(f"after {self.offset}{total} bytes")
+        if self.attempts:
+            parts.append(f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}")
+        if self.url:
+            parts.append(f"url={self.url}")
+        return "; ".join(parts)
+
+
+class HTTPStatusError(StreamError):
+    """The server answered with a status that retrying will not fix (404, 410, ...)."""
+
+    def __init__(self, status: int, message: str | None = None, **kw) -> None:
+        self.status = status
+        super().__init__(message or f"HTTP {status}", **kw)
+
+
+class URLExpiredError(HTTPStatusError):
+    """401/403 and no way (left) to refresh the URL."""
+
+
+class RetriesExhaustedError(StreamError):
+    """Transient failures (resets, timeouts, 5xx, bad Content-Range...) outlasted the retry policy."""
+
+
+class ObjectChangedError(StreamError):
+    """The object's validators (ETag, Last-Modified, ``lmt``) changed mid-download.
+
+    Continuing would splice two versions of the object together, so the stream
+    stops instead.
+    """
+
+
+class TransientError(RangestreamError):
+    """One attempt failed in a way worth retrying. ``retry_after`` is the server's hint, in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None) -> None:
+        self.retry_after = retry_after
+        self.status = status
+        super().__init__(message)
+
+
+class MuxError(RangestreamError):
+    """Muxing failed. ``input`` names the failing input (``"video"``, ``"audio"``) when one did."""
+
+    def __init__(self, message: str, *, input: str | None = None) -> None:
+        self.input = input
+        super().__init__(f"{input}: {message}" if input else message)

@@ -1,0 +1,631 @@
+"""The engine: an object fetched as a window of Range requests, delivered in order.
+
+Shape (structured concurrency, cf. trio/anyio):
+
+* A :class:`Stream` owns an ``asyncio.TaskGroup``. Each chunk in the window is
+  one task (``_run_chunk``) that requests its range, retries it, and pushes the
+  body into the chunk's :class:`_Slot`.
+* The consumer (``async for``) drains slots strictly in order. When it finishes
+  the head slot, the next chunk enters the window.
+* Leaving the ``async with`` (or breaking out of ``async for``, or a
+  cancellation) cancels every chunk task and awaits them: their ``finally``
+  blocks close the connections. No other path needs to remember to clean up.
+
+Memory: a chunk that is not the head may read its body only while the bytes
+buffered by the whole stream are under ``max_buffer``; the head may always
+keep up to ``_HEAD_QUEUE`` bytes queued for the consumer. With
+``max_buffer=0`` (the default for ``window <= 2``) a prefetched chunk gets its
+response headers early but reads its body only once it is the head: the
+seed's sliding-window prefetch.
+
+Retries: a failure counts against a chunk's ``Retry.attempts`` only when the
+chunk is the head. A prefetch that fails (or that is still waiting for headers
+``Timeouts.prefetch`` seconds after becoming the head) is simply re-issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    HTTPStatusError,
+    InvalidURLError,
+    ObjectChangedError,
+    RangestreamError,
+    RetriesExhaustedError,
+    StreamError,
+    TransientError,
+    URLExpiredError,
+)
+from .plan import DEFAULT_CHUNK_SIZE, ByteRange, next_chunk, parse_content_range, size_from_url, url_param
+from .redact import redact_url
+from .retry import Retry, Timeouts
+from .transport import Response
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("rangestream")
+
+RefreshHook = Callable[[str], Awaitable[str]]
+
+# Bytes the head chunk may queue ahead of a slow consumer, whatever max_buffer says.
+_HEAD_QUEUE = 2 << 20
+
+
+@dataclass
+class ChunkTrace:
+    """When things happened to one chunk (``time.monotonic()`` seconds)."""
+
+    index: int
+    start: int
+    stop: int | None
+    requested: float | None = None  # first request sent
+    headers: float | None = None  # headers of the response that delivered bytes
+    first_read: float | None = None  # first body byte read by the engine
+    done: float | None = None
+    requests: int = 0
+    retries: int = 0
+    prefetched: bool = False  # its response arrived before it became the head
+
+
+@dataclass
+class Stats:
+    size: int | None = None
+    bytes: int = 0  # delivered to the consumer
+    requests: int = 0
+    retries: int = 0  # failed attempts followed by another, counted or not
+    refreshes: int = 0
+    prefetch_hits: int = 0
+    prefetch_misses: int = 0
+    chunks: int = 0
+    window_max: int = 0
+    window_samples: list[int] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    traces: list[ChunkTrace] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def window_mean(self) -> float:
+        return sum(self.window_samples) / len(self.window_samples) if self.window_samples else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("traces", "window_samples", "started", "finished")}
+        d["seconds"] = round(self.seconds, 3)
+        d["window_mean"] = round(self.window_mean, 2)
+        return d
+
+
+class _Slot:
+    """One chunk of the window: its range, its buffered body, its outcome."""
+
+    __slots__ = ("index", "range", "pos", "pieces", "buffered", "finished", "error", "wakeup",
+                 "task", "request_timeout", "prefetch_cut", "trace")
+
+    def __init__(self, index: int, rng: ByteRange) -> None:
+        self.index = index
+        self.range = rng
+        self.pos = rng.start  # next byte of the object this chunk must fetch
+        self.pieces: deque[bytes] = deque()
+        self.buffered = 0
+        self.finished = False
+        self.error: StreamError | None = None
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.request_timeout: asyncio.Timeout | None = None
+        self.prefetch_cut = False
+        self.trace = ChunkTrace(index, rng.start, rng.stop)
+
+
+class _Terminal(Exception):
+    """A chunk's final failure, carried to the consumer as ``error``."""
+
+    def __init__(self, error: StreamError) -> None:
+        self.error = error
+
+
+class Stream:
+    """An object being fetched. Use as ``async with client.open_stream(url) as s: async for b in s``."""
+
+    def __init__(self, client: Client, url: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 window: int = 2, max_buffer: int | None = None, retry: Retry | None = None,
+                 timeouts: Timeouts | None = None, refresh: RefreshHook | None = None,
+                 headers: dict[str, str] | None = None, owns_client: bool = False) -> None:
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            raise InvalidURLError(f"not an http(s) URL: {redact_url(str(url))}")
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        if not isinstance(window, int) or window < 1:
+            raise ValueError("window must be an integer >= 1")
+        self._client = client
+        self._owns_client = owns_client
+        self._url = url
+        self._url_gen = 0
+        self._chunk_size = chunk_size
+        self._window = window
+        self._max_buffer = max_buffer if max_buffer is not None else (0 if window <= 2 else (window - 1) * chunk_size)
+        self._retry = retry or Retry()
+        self._timeouts = timeouts or Timeouts()
+        self._refresh_hook = refresh
+        self._refresh_lock = asyncio.Lock()
+        self._headers = {**client.headers, **(headers or {})}
+        self._lmt = url_param(url, "lmt")
+        self._clen = size_from_url(url)
+
+        self.size: int | None = self._clen
+        self.stats = Stats(size=self.size)
+        self._size_known = asyncio.Event()
+        if self.size is not None:
+            self._size_known.set()
+        self._etag: str | None = None
+        self._last_modified: str | None = None
+        self._validated = False
+
+        self._slots: dict[int, _Slot] = {}
+        self._head = 0
+        self._next_offset = 0
+        self._next_index = 0
+        self._planning_done = False
+        self._buffered = 0
+        self._delivered = 0
+        self._progress = asyncio.Event()
+        self._gate_waiters = 0
+        self._tg: asyncio.TaskGroup | None = None
+        self._entered = False
+        self._iterated = False
+        self._closed = False
+
+    # -- public surface ---------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The current URL with secrets masked (it changes after a refresh)."""
+        return redact_url(self._url)
+
+    @property
+    def delivered(self) -> int:
+        return self._delivered
+
+    async def __aenter__(self) -> Stream:
+        if self._entered:
+            raise RuntimeError("a Stream can be entered once")
+        self._entered = True
+        if self._owns_client:
+            await self._client.__aenter__()
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        try:
+            self._fill_window()
+            if self.size is None:
+                # No clen: chunk 0's first response tells the size (or that the
+                # server ignores Range); nothing else is planned before that.
+                await self._wait_size()
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._shutdown()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if not self._entered or self._closed:
+            raise RuntimeError("iterate a Stream inside its 'async with' block")
+        if self._iterated:
+            raise RuntimeError("a Stream can be iterated once")
+        self._iterated = True
+        return self._iterate()
+
+    # -- consumer side ----------------------------------------------------
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        complete = False
+        try:
+            while True:
+                slot = self._slots.get(self._head)
+                if slot is None:
+                    complete = True
+                    self.stats.finished = time.monotonic()
+                    return
+                pieces = slot.pieces
+                while True:
+                    if pieces:
+                        piece = pieces.popleft()
+                        n = len(piece)
+                        slot.buffered -= n
+                        self._buffered -= n
+                        self._delivered += n
+                        self.stats.bytes += n
+                        if self._gate_waiters:
+                            self._notify()
+                        yield piece
+                    elif slot.finished:
+                        break
+                    else:
+                        slot.wakeup.clear()
+                        await slot.wakeup.wait()
+                if slot.error is not None:
+                    err = slot.error
+                    err.offset = self._delivered
+                    err.size = self.size
+                    raise err
+                self._advance_head()
+        finally:
+            if not complete:
+                # Breaking out of ``async for`` lands here (via the generator's
+                # aclose): stop the network at once; __aexit__ awaits the tasks.
+                self._cancel_all()
+
+    def _advance_head(self) -> None:
+        del self._slots[self._head]
+        self._head += 1
+        self._fill_window()
+        head = self._slots.get(self._head)
+        if head is not None and head.trace.prefetched:
+            self.stats.prefetch_hits += 1
+        if head is not None and head.request_timeout is not None:
+            # The seed's prefetch timeout: a prefetch still waiting for headers
+            # gets only `prefetch` more seconds now that the consumer waits on it.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._timeouts.prefetch
+            when = head.request_timeout.when()
+            if when is None or deadline < when:
+                head.request_timeout.reschedule(deadline)
+                head.prefetch_cut = True
+        self._notify()
+
+    # -- window -------------------------------------------------------------
+
+    def _fill_window(self) -> None:
+        assert self._tg is not None
+        while not self._planning_done and len(self._slots) < self._window:
+            if self.size is None and self._next_index > 0:
+                return  # size still unknown: only chunk 0 may run
+            if self.size is None:
+                rng = ByteRange(0, self._chunk_size)
+            else:
+                rng = next_chunk(self._next_offset, self.size, self._chunk_size)
+                if rng is None:
+                    self._planning_done = True
+                    return
+            slot = _Slot(self._next_index, rng)
+            self._slots[slot.index] = slot
+            self.stats.traces.append(slot.trace)
+            self.stats.chunks += 1
+            self._next_index += 1
+            self._next_offset = rng.stop if rng.stop is not None else 0
+            slot.task = self._tg.create_task(self._run_chunk(slot))
+        n = len(self._slots)
+        self.stats.window_samples.append(n)
+        self.stats.window_max = max(self.stats.window_max, n)
+
+    def _learn_size(self, slot: _Slot, size: int | None, ranged: bool) -> None:
+        """Chunk 0's first response arrived on a URL without ``clen``."""
+        if self._size_known.is_set():
+            return
+        self.size = self.stats.size = size
+        if not ranged or size is None:
+            # One request for everything: chunk 0 becomes the whole object.
+            slot.range = ByteRange(0, size)
+            slot.trace.stop = size
+            self._planning_done = True
+        else:
+            slot.range = ByteRange(0, min(self._chunk_size, size))
+            slot.trace.stop = slot.range.stop
+            self._next_offset = slot.range.stop  # type: ignore[assignment]
+            if self._next_offset >= size:
+                self._planning_done = True
+        self._size_known.set()
+        self._fill_window()
+
+    async def _wait_size(self) -> None:
+        await self._size_known.wait()  # set by _learn_size, or when chunk 0 ends without learning it
+        slot0 = self._slots.get(0)
+        if self.size is None and slot0 is not None and slot0.error is not None:
+            err = slot0.error
+            err.offset = 0
+            raise err
+
+    def _is_head(self, slot: _Slot) -> bool:
+        return slot.index == self._head
+
+    def _may_read(self, slot: _Slot) -> bool:
+        if slot.index == self._head:
+            return slot.buffered < _HEAD_QUEUE
+        return self._buffered < self._max_buffer
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def _wait_may_read(self, slot: _Slot) -> None:
+        self._gate_waiters += 1
+        try:
+            while not self._may_read(slot):
+                await self._progress.wait()
+        finally:
+            self._gate_waiters -= 1
+
+    def _cancel_all(self) -> None:
+        for slot in self._slots.values():
+            if slot.task is not None and not slot.task.done():
+                slot.task.cancel()
+
+    async def _shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_all()
+        try:
+            if self._tg is not None:
+                await self._tg.__aexit__(None, None, None)
+        finally:
+            for slot in self._slots.values():
+                slot.pieces.clear()
+            self._slots.clear()
+            self._buffered = 0
+            if self.stats.finished is None:
+                self.stats.finished = time.monotonic()
+            if self._owns_client:
+                await self._client.aclose()
+
+    # -- one chunk ----------------------------------------------------------
+
+    async def _run_chunk(self, slot: _Slot) -> None:
+        try:
+            await self._fetch_chunk(slot)
+        except _Terminal as t:
+            slot.error = t.error
+        except RangestreamError as e:  # e.g. InvalidURLError from the transport
+            slot.error = StreamError(str(e), url=self._url, attempts=slot.trace.requests)
+            slot.error.__cause__ = e
+        except Exception as e:  # a bug must reach the consumer, not vanish in a task
+            slot.error = StreamError(f"internal error: {type(e).__name__}: {e}", url=self._url,
+                                     attempts=slot.trace.requests)
+            slot.error.__cause__ = e
+        finally:
+            slot.finished = True
+            slot.trace.done = time.monotonic()
+            slot.wakeup.set()
+            self._size_known.set()
+
+    async def _fetch_chunk(self, slot: _Slot) -> None:
+        counted = 0  # failures charged to this chunk (only while it is the head)
+        uncounted = 0  # prefetch failures: retried, never charged
+        while True:
+            url, gen = self._url, self._url_gen
+            was_prefetch = not self._is_head(slot)
+            try:
+                await self._attempt(slot, url)
+                return
+            except TransientError as e:
+                if slot.prefetch_cut or was_prefetch and not self._is_head(slot):
+                    # A prefetch that failed or was cut by the prefetch timeout:
+                    # the chunk goes through the normal path, free of charge.
+                    slot.prefetch_cut = False
+                    self.stats.prefetch_misses += 1
+                    uncounted += 1
+                    self.stats.retries += 1
+                    if was_prefetch and not self._is_head(slot):
+                        await asyncio.sleep(self._retry.delay(uncounted, e.retry_after))
+                    continue
+                counted += 1
+                slot.trace.retries += 1
+                if counted > self._retry.attempts:
+                    raise _Terminal(RetriesExhaustedError(
+                        f"gave up after {counted} failed attempts: {e}", url=url,
+                        attempts=slot.trace.requests)) from e
+                self.stats.retries += 1
+                delay = self._retry.delay(counted, e.retry_after)
+                log.warning("chunk %d at byte %d: %s; retry %d/%d in %.2fs (%s)", slot.index, slot.pos, e,
+                            counted, self._retry.attempts, delay, redact_url(url))
+                await asyncio.sleep(delay)
+            except _Expired as e:
+                await self._refresh(gen, e.status, slot)
+            except _NotRetried as e:
+                if was_prefetch and not self._is_head(slot):
+                    # Possibly a transient oddity of a prefetch: decide once this chunk is current.
+                    self.stats.prefetch_misses += 1
+                    await self._wait_head(slot)
+                    continue
+                raise _Terminal(HTTPStatusError(e.status, f"HTTP {e.status} (not retried)", url=url,
+                                                attempts=slot.trace.requests)) from None
+
+    async def _wait_head(self, slot: _Slot) -> None:
+        while not self._is_head(slot):
+            await self._progress.wait()
+
+    async def _attempt(self, slot: _Slot, url: str) -> None:
+        """One request for ``[slot.pos, slot.range.stop)``; bytes it delivers advance ``slot.pos``
+        even if it then fails, so the next attempt resumes from the byte reached."""
+        headers = dict(self._headers)
+        want = ByteRange(slot.pos, slot.range.stop)
+        headers["Range"] = want.header()
+        if self._etag and not self._etag.startswith("W/"):
+            headers["If-Range"] = self._etag
+        elif self._last_modified:
+            headers["If-Range"] = self._last_modified
+        slot.trace.requests += 1
+        self.stats.requests += 1
+        if slot.trace.requested is None:
+            slot.trace.requested = time.monotonic()
+        transport = self._client._transport
+        async with asyncio.timeout(self._timeouts.request) as cm:
+            slot.request_timeout = cm
+            try:
+                resp = await transport.request("GET", url, headers, connect_timeout=self._timeouts.request,
+                                               idle_timeout=self._timeouts.idle)
+            except TimeoutError:
+                raise TransientError("no response headers within the request timeout") from None
+            finally:
+                slot.request_timeout = None
+        try:
+            body_start, body_stop = self._check_response(slot, resp, want)
+            slot.trace.headers = time.monotonic()
+            slot.trace.prefetched = not self._is_head(slot)
+            await self._read_body(slot, resp, body_start, body_stop)
+        finally:
+            resp.close()
+
+    def _check_response(self, slot: _Slot, resp: Response, want: ByteRange) -> tuple[int, int | None]:
+        """Validate status and headers; return the body's span ``[start, stop)`` in the object."""
+        status = resp.status
+        h = resp.headers
+        if status in (401, 403):
+            raise _Expired(status)
+        if status not in (200, 206):
+            if self._retry.is_retryable_status(status):
+                raise TransientError(f"HTTP {status}", retry_after=_retry_after(h.get("Retry-After")),
+                                     status=status)
+            if status == 416 and not self._size_known.is_set() and want.start == 0:
+                self._learn_size(slot, 0, ranged=True)  # an empty object: nothing to read
+                return 0, 0
+            if status == 416:
+                raise _Terminal(ObjectChangedError(
+                    f"HTTP 416: the server no longer has byte {want.start} ({h.get('Content-Range', '')})",
+                    url=self._url, attempts=slot.trace.requests))
+            raise _NotRetried(status)
+        self._check_validators(h, slot)
+        length = h.get("Content-Length")
+        clen = int(length) if length is not None and length.isdigit() else None
+        if status == 206:
+            try:
+                cr = parse_content_range(h.get("Content-Range", ""))
+            except ValueError as e:
+                raise TransientError(str(e)) from None
+            if cr.start != want.start or (want.stop is not None and cr.stop > want.stop) or cr.stop <= cr.start:
+                raise TransientError(f"Content-Range {cr.start}-{cr.stop - 1} does not match "
+                                     f"the requested {want.header()}")
+            if self.size is not None and cr.total is not None and cr.total != self.size:
+                raise TransientError(f"Content-Range total {cr.total} differs from the size {self.size}")
+            if clen is not None and clen != cr.stop - cr.start:
+                raise TransientError(f"Content-Length {clen} disagrees with Content-Range")
+            if not self._size_known.is_set() and slot.index == 0:
+                self._learn_size(slot, cr.total, ranged=cr.total is not None)
+            return cr.start, cr.stop
+        # 200: the server ignored Range and sends the whole object from byte 0.
+        if self.size is not None and clen is not None and clen != self.size:
+            raise TransientError(f"full response of {clen} bytes differs from the size {self.size}")
+        if not self._size_known.is_set() and slot.index == 0:
+            self._learn_size(slot, clen, ranged=False)
+        return 0, clen
+
+    def _check_validators(self, h: Any, slot: _Slot) -> None:
+        etag, lm = h.get("ETag"), h.get("Last-Modified")
+        if not self._validated:
+            self._etag, self._last_modified, self._validated = etag, lm, True
+            return
+        if (self._etag and etag and etag != self._etag) or (
+                self._last_modified and lm and _http_date(lm) != _http_date(self._last_modified)):
+            raise _Terminal(ObjectChangedError(
+                f"object changed mid-download (ETag {self._etag} -> {etag}, Last-Modified "
+                f"{self._last_modified} -> {lm}); refusing to mix versions",
+                url=self._url, attempts=slot.trace.requests))
+
+    async def _read_body(self, slot: _Slot, resp: Response, body_start: int, body_stop: int | None) -> None:
+        """Push ``[slot.pos, slot.range.stop)`` from a body spanning ``[body_start, body_stop)``."""
+        pos = slot.pos
+        skip = pos - body_start  # a 200 (or a resumed 200) repeats bytes already delivered
+        stop = slot.range.stop
+        pieces = slot.pieces
+        wakeup = slot.wakeup
+        while stop is None or pos < stop:
+            if not self._may_read(slot):
+                await self._wait_may_read(slot)
+            piece = await resp.read_piece()
+            if not piece:
+                if stop is None and body_stop is None:
+                    slot.range = ByteRange(slot.range.start, pos)  # unknown size: EOF is the end
+                    return
+                raise TransientError(f"premature end of body at byte {pos} (expected {stop or body_stop})")
+            if slot.trace.first_read is None:
+                slot.trace.first_read = time.monotonic()
+            if skip > 0:
+                if len(piece) <= skip:
+                    skip -= len(piece)
+                    continue
+                piece = piece[skip:]
+                skip = 0
+            if stop is not None and pos + len(piece) > stop:
+                piece = piece[: stop - pos]  # a 200's tail beyond this chunk belongs to others
+            n = len(piece)
+            pos += n
+            slot.pos = pos
+            pieces.append(piece)
+            slot.buffered += n
+            self._buffered += n
+            wakeup.set()
+
+    async def _refresh(self, failed_gen: int, status: int, slot: _Slot) -> None:
+        async with self._refresh_lock:
+            if self._url_gen != failed_gen:
+                return  # another chunk already refreshed the URL
+            if self._refresh_hook is None:
+                raise _Terminal(URLExpiredError(
+                    status, f"HTTP {status}: the URL is expired or forbidden and no refresh hook was given",
+                    url=self._url, attempts=slot.trace.requests))
+            if self.stats.refreshes >= self._retry.refreshes:
+                raise _Terminal(URLExpiredError(
+                    status, f"HTTP {status} again after {self.stats.refreshes} URL refreshes",
+                    url=self._url, attempts=slot.trace.requests))
+            try:
+                new_url = await self._refresh_hook(self._url)
+            except RangestreamError as e:
+                raise _Terminal(URLExpiredError(status, f"URL refresh failed: {e}", url=self._url,
+                                                attempts=slot.trace.requests)) from e
+            except Exception as e:
+                raise _Terminal(URLExpiredError(status, f"URL refresh hook raised {type(e).__name__}: {e}",
+                                                url=self._url, attempts=slot.trace.requests)) from e
+            if not isinstance(new_url, str) or not new_url.lower().startswith(("http://", "https://")):
+                raise _Terminal(URLExpiredError(status, "URL refresh hook returned no usable URL",
+                                                url=self._url, attempts=slot.trace.requests))
+            new_lmt, new_clen = url_param(new_url, "lmt"), size_from_url(new_url)
+            if (self._lmt and new_lmt and new_lmt != self._lmt) or (
+                    self.size is not None and new_clen is not None and new_clen != self.size):
+                raise _Terminal(ObjectChangedError(
+                    "the refreshed URL points at a different version of the object (lmt/clen changed)",
+                    url=new_url, attempts=slot.trace.requests))
+            self.stats.refreshes += 1
+            self._url = new_url
+            self._url_gen += 1
+            log.info("refreshed expired URL (HTTP %d): now %s", status, redact_url(new_url))
+
+
+class _Expired(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class _NotRetried(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _http_date(value: str) -> object:
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return value

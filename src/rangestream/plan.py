@@ -1,0 +1,130 @@
+"""Pure planning: byte ranges, chunking, header values. No I/O here.
+
+Everything in this module is deterministic and exhaustively tested
+(``tests/test_plan.py``); the engine asks it what to request next and how to
+read what came back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+DEFAULT_CHUNK_SIZE = 9_500_000
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """Half-open ``[start, stop)``; ``stop is None`` means "to the end, size unknown"."""
+
+    start: int
+    stop: int | None
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or (self.stop is not None and self.stop < self.start):
+            raise ValueError(f"bad range [{self.start}, {self.stop})")
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("open-ended range has no length")
+        return self.stop - self.start
+
+    def header(self) -> str:
+        """The ``Range`` header value asking for exactly this range."""
+        if self.stop is None:
+            return f"bytes={self.start}-"
+        return f"bytes={self.start}-{self.stop - 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRange:
+    """A parsed ``Content-Range: bytes first-last/total`` (``total`` None for ``*``)."""
+
+    start: int
+    stop: int  # exclusive
+    total: int | None
+
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)\s*/\s*(\d+|\*)\s*$", re.I)
+
+
+def parse_content_range(value: str) -> ContentRange:
+    """Parse a satisfied-range ``Content-Range``; raise ValueError for anything else."""
+    m = _CONTENT_RANGE.match(value or "")
+    if not m:
+        raise ValueError(f"unparsable Content-Range {value!r}")
+    first, last = int(m.group(1)), int(m.group(2))
+    total = None if m.group(3) == "*" else int(m.group(3))
+    if last < first or (total is not None and last >= total):
+        raise ValueError(f"inconsistent Content-Range {value!r}")
+    return ContentRange(first, last + 1, total)
+
+
+def next_chunk(offset: int, size: int | None, chunk_size: int) -> ByteRange | None:
+    """The chunk starting at ``offset``, or None once ``offset`` reached ``size``."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    if size is None:
+        return ByteRange(offset, None)
+    if offset >= size:
+        return None
+    return ByteRange(offset, min(offset + chunk_size, size))
+
+
+def plan_chunks(size: int, chunk_size: int, start: int = 0) -> list[ByteRange]:
+    """All chunks covering ``[start, size)``: each ``chunk_size`` long but the last."""
+    chunks = []
+    r = next_chunk(start, size, chunk_size)
+    while r is not None:
+        chunks.append(r)
+        r = next_chunk(r.stop, size, chunk_size)  # type: ignore[arg-type]
+    return chunks
+
+
+def missing_ranges(size: int, done: list[tuple[int, int]]) -> list[ByteRange]:
+    """The gaps of ``[0, size)`` not covered by the (possibly overlapping) ``done`` spans."""
+    gaps: list[ByteRange] = []
+    pos = 0
+    for a, b in sorted(done):
+        a, b = max(a, 0), min(b, size)
+        if b <= pos:
+            continue
+        if a > pos:
+            gaps.append(ByteRange(pos, a))
+        pos = max(pos, b)
+    if pos < size:
+        gaps.append(ByteRange(pos, size))
+    return gaps
+
+
+def url_param(url: str, name: str) -> str | None:
+    try:
+        values = parse_qs(urlsplit(url).query).get(name)
+    except ValueError:
+        return None
+    return values[0] if values else None
+
+
+def size_from_url(url: str) -> int | None:
+    """googlevideo URLs carry the object's length as ``clen``: trust it as the size to check against."""
+    clen = url_param(url, "clen")
+    if clen is not None and clen.isdigit():
+        return int(clen)
+    return None
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"9.5M"`` -> 9_500_000, ``"10MiB"`` -> 10_485_760, ``"65536"`` -> 65536."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text or "")
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (try 9.5M, 10MiB or 65536)")
+    value = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value

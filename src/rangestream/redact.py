@@ -1,0 +1,47 @@
+"""Masking of secrets in URLs before they reach a log line, an error or a summary.
+
+Signed CDN URLs carry their authority in query values (googlevideo's ``sig``,
+``lsig``, ``n``; S3's ``X-Amz-Signature``; generic ``token``/``key``), and proxy
+URLs carry credentials in their userinfo. Anything that may be shown to a person
+goes through :func:`redact_url` first.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+MASK = "REDACTED"
+
+# Exact names that googlevideo and common signers use for secrets or client identity.
+_SECRET_NAMES = frozenset({"sig", "lsig", "n", "ip", "signature", "pot", "cpn"})
+# Any name that looks like a credential.
+_SECRET_PATTERN = re.compile(r"(key|token|sign|secret|auth|password|credential|session)", re.I)
+
+
+def is_secret_param(name: str) -> bool:
+    return name.lower() in _SECRET_NAMES or bool(_SECRET_PATTERN.search(name))
+
+
+def redact_url(url: str | None) -> str:
+    """Return ``url`` with userinfo and secret-looking query values masked.
+
+    Never raises: a string that does not parse as a URL is returned with any
+    ``user:pass@`` part masked, so a bad input still cannot leak a secret.
+    """
+    if url is None:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return re.sub(r"//[^/@\s]*@", f"//{MASK}@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, MASK if is_secret_param(k) else v) for k, v in pairs], safe="/,:"
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
