@@ -86,6 +86,7 @@ class Stats:
     prefetch_hits: int = 0
     prefetch_misses: int = 0
     chunks: int = 0
+    buffered_peak: int = 0  # most body bytes held for the consumer at once
     window_max: int = 0
     window_samples: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -461,15 +462,15 @@ class Stream:
         if slot.trace.requested is None:
             slot.trace.requested = time.monotonic()
         transport = self._client._transport
-        async with asyncio.timeout(self._timeouts.request) as cm:
-            slot.request_timeout = cm
-            try:
+        try:
+            async with asyncio.timeout(self._timeouts.request) as cm:
+                slot.request_timeout = cm
                 resp = await transport.request("GET", url, headers, connect_timeout=self._timeouts.request,
                                                idle_timeout=self._timeouts.idle)
-            except TimeoutError:
-                raise TransientError("no response headers within the request timeout") from None
-            finally:
-                slot.request_timeout = None
+        except TimeoutError:
+            raise TransientError("no response headers within the request timeout") from None
+        finally:
+            slot.request_timeout = None
         try:
             body_start, body_stop = self._check_response(slot, resp, want)
             slot.trace.headers = time.monotonic()
@@ -565,6 +566,8 @@ class Stream:
             pieces.append(piece)
             slot.buffered += n
             self._buffered += n
+            if self._buffered > self.stats.buffered_peak:
+                self.stats.buffered_peak = self._buffered
             wakeup.set()
 
     async def _refresh(self, failed_gen: int, status: int, slot: _Slot) -> None:

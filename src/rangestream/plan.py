@@ -88,7 +88,7 @@ def missing_ranges(size: int, done: list[tuple[int, int]]) -> list[ByteRange]:
     pos = 0
     for a, b in sorted(done):
         a, b = max(a, 0), min(b, size)
-        if b <= pos:
+        if b <= a or b <= pos:
             continue
         if a > pos:
             gaps.append(ByteRange(pos, a))

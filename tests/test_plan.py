@@ -1,0 +1,97 @@
+"""Range planning and header parsing: pure code, tested exhaustively."""
+
+import pytest
+from hypothesis import given, strategies as st
+
+from rangestream.plan import (
+    ByteRange, missing_ranges, next_chunk, parse_content_range, parse_size, plan_chunks, size_from_url,
+)
+
+
+@given(size=st.integers(0, 10**7), chunk=st.integers(1, 10**6), start=st.integers(0, 10**7))
+def test_plan_chunks_tile_the_object_exactly(size, chunk, start):
+    chunk = max(chunk, size // 2000)  # keep each example small
+    chunks = plan_chunks(size, chunk, start)
+    if start >= size:
+        assert chunks == []
+        return
+    assert chunks[0].start == start and chunks[-1].stop == size
+    for a, b in zip(chunks, chunks[1:]):
+        assert a.stop == b.start  # no gap, no overlap
+    assert all(len(c) == chunk for c in chunks[:-1])
+    assert 0 < len(chunks[-1]) <= chunk
+
+
+def test_default_chunk_sizes():
+    chunks = plan_chunks(20_000_000, 9_500_000)
+    assert [len(c) for c in chunks] == [9_500_000, 9_500_000, 1_000_000]
+    assert chunks[1].header() == "bytes=9500000-18999999"
+
+
+def test_next_chunk_unknown_size_is_open_ended():
+    assert next_chunk(100, None, 10) == ByteRange(100, None)
+    assert ByteRange(100, None).header() == "bytes=100-"
+    with pytest.raises(ValueError):
+        next_chunk(0, 10, 0)
+
+
+@given(first=st.integers(0, 2**53), length=st.integers(1, 2**40), extra=st.integers(0, 2**40))
+def test_content_range_round_trip(first, length, extra):
+    last = first + length - 1
+    total = last + 1 + extra
+    cr = parse_content_range(f"bytes {first}-{last}/{total}")
+    assert (cr.start, cr.stop, cr.total) == (first, last + 1, total)
+    assert parse_content_range(f"bytes {first}-{last}/*").total is None
+
+
+@pytest.mark.parametrize("bad", [
+    "", "bytes */100", "bytes 5-4/100", "bytes 0-100/100", "items 0-1/2", "bytes 0-1", "bytes a-b/c",
+    "bytes -1-5/10", "bytes 0-1/2, bytes 3-4/5",
+])
+def test_content_range_rejects_garbage(bad):
+    with pytest.raises(ValueError):
+        parse_content_range(bad)
+
+
+@given(st.text(max_size=40))
+def test_content_range_never_crashes_otherwise(text):
+    try:
+        parse_content_range(text)
+    except ValueError:
+        pass
+
+
+@given(size=st.integers(0, 5000), spans=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 5000)), max_size=12))
+def test_missing_ranges_complement(size, spans):
+    done = [(min(a, b), max(a, b)) for a, b in spans]
+    gaps = missing_ranges(size, done)
+    covered = set()
+    for a, b in done:
+        covered.update(range(max(a, 0), min(b, size)))
+    missing = set()
+    for g in gaps:
+        assert g.start < g.stop
+        missing.update(range(g.start, g.stop))
+    assert missing == set(range(size)) - covered
+    for a, b in zip(gaps, gaps[1:]):
+        assert a.stop < b.start  # maximal, sorted gaps
+
+
+def test_size_from_url():
+    assert size_from_url("https://r1.googlevideo.com/videoplayback?id=x&clen=12345&sig=a") == 12345
+    assert size_from_url("https://example.com/a.mp4") is None
+    assert size_from_url("https://example.com/a.mp4?clen=abc") is None
+
+
+@pytest.mark.parametrize("text,value", [
+    ("9.5M", 9_500_000), ("10MiB", 10 * 1024**2), ("65536", 65536), ("1k", 1000), ("2 GiB", 2 * 1024**3),
+    ("1.5kb", 1500),
+])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1M", "ten", "5 parsecs", "1e9"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        parse_size(text)

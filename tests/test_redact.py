@@ -1,0 +1,24 @@
+from hypothesis import given, strategies as st
+
+from rangestream.redact import MASK, redact_url
+
+
+def test_googlevideo_signatures_masked():
+    url = ("https://rr1.googlevideo.com/videoplayback?expire=1&id=o-abc&itag=137&ip=203.0.113.9"
+           "&sig=SECRETSIG&lsig=SECRETLSIG&n=SECRETN&clen=100&lmt=123")
+    out = redact_url(url)
+    for secret in ("SECRETSIG", "SECRETLSIG", "SECRETN", "203.0.113.9"):
+        assert secret not in out
+    assert "itag=137" in out and "clen=100" in out and "lmt=123" in out
+
+
+def test_proxy_credentials_and_token_like_params_masked():
+    assert redact_url("socks5://alice:hunter2@127.0.0.1:1080") == f"socks5://{MASK}@127.0.0.1:1080"
+    out = redact_url("https://cdn.example/x?X-Amz-Signature=S3CRET1&access_token=S3CRET2&api_key=S3CRET3&part=1")
+    assert "S3CRET" not in out and "part=1" in out
+
+
+@given(secret=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=6, max_size=20))
+def test_no_secret_survives(secret):
+    for url in (f"https://h/p?sig={secret}", f"http://u:{secret}@h/p", f"https://h/p?a=1&token={secret}&b=2"):
+        assert secret not in redact_url(url)
