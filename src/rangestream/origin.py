@@ -3,6 +3,13 @@
 Objects are generated on the fly from (name, size, version), so a 1 GB object costs
 no memory. Every request is recorded, and faults can be scripted (`inject`), forced
 per URL (`fault=` knob) or drawn at random from a seeded RNG.
+
+URL forms (build them with `Origin.url` / `Origin.media_url`):
+    /data/{name}/{size}.bin                 generated object
+    /media/{name}                           bytes registered with `add_object`
+    /videoplayback?id=&clen=&expire=&...    googlevideo form; `range=a-b` also accepted
+Any Profile field can be overridden per URL as a query parameter (`rate=1e6`), plus
+`fault=<kind>` (applied to every request of that URL) and `fault_at=<body offset>`.
 """
 from __future__ import annotations
 
@@ -25,6 +32,12 @@ from functools import lru_cache
 from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
+
+try:                      # only for the Linux send-queue check before a reset
+    import fcntl
+    import termios
+except ImportError:       # pragma: no cover
+    fcntl = termios = None  # type: ignore[assignment]
 
 __all__ = ["Origin", "Profile", "PROFILES", "FAULT_KINDS", "object_bytes", "RequestRecord", "main"]
 
@@ -81,13 +94,13 @@ class RequestRecord:
     query: dict[str, str]
     range: str | None
     start: float
-    peer: str
     first_byte: float | None = None
     end: float | None = None
     status: int | None = None
     bytes_sent: int = 0
     outcome: str = ""
     fault: str | None = None
+    peer: str = ""
     name: str | None = None      # object served (extension: lets tests filter the log per object)
     version: int | None = None   # object version served (extension)
 
@@ -214,6 +227,10 @@ class _Registered:
     data: bytes
     content_type: str
     version: int                # the version at which `data` was registered
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.digest = hashlib.sha256(self.data).hexdigest()
 
 
 class _Link:
@@ -411,7 +428,7 @@ class Origin:
 
     def _etag(self, obj: _Obj) -> str:
         reg = self._registered.get(obj.name)
-        salt = hashlib.sha256(reg.data).hexdigest() if reg else "gen"
+        salt = reg.digest if reg else "gen"
         return '"' + hashlib.sha256(f"{obj.name}|{obj.size}|{obj.version}|{salt}".encode()).hexdigest()[:24] + '"'
 
     # request handling
@@ -671,8 +688,9 @@ class Origin:
                 await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         elif fault == "reset":
             rec.outcome = "reset"
-            await _flush(transport, 1.0)    # so the client gets the `at` bytes before the RST
             if transport is not None:
+                # An RST discards whatever is still queued, so let the `at` bytes reach the client first.
+                await _flush(transport, 1.0)
                 sock = transport.get_extra_info("socket")
                 if sock is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -684,11 +702,25 @@ class Origin:
             transport.close()           # flushes what was written, then FIN
 
 
-async def _flush(transport: asyncio.BaseTransport | None, timeout: float) -> None:
+async def _flush(transport: asyncio.WriteTransport, timeout: float) -> None:
+    """Wait (bounded) until asyncio's buffer and the kernel's send queue are empty."""
     deadline = time.monotonic() + timeout
-    while (isinstance(transport, asyncio.WriteTransport) and not transport.is_closing()
-           and transport.get_write_buffer_size() and time.monotonic() < deadline):
+    sock = transport.get_extra_info("socket")
+    while not transport.is_closing() and time.monotonic() < deadline:
+        if not transport.get_write_buffer_size() and _kernel_unsent(sock) == 0:
+            return
         await asyncio.sleep(0.002)
+
+
+def _kernel_unsent(sock: Any) -> int:
+    # SIOCOUTQ (same number as TIOCOUTQ): bytes not yet acknowledged by the peer. Linux only;
+    # elsewhere we settle for asyncio's buffer being empty.
+    if sock is None or termios is None or not hasattr(termios, "TIOCOUTQ"):
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 def _q(name: str) -> str:
@@ -739,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve_forever(origin))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:       # e.g. the port is taken
+        print(f"rangestream origin: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
