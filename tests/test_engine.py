@@ -426,3 +426,44 @@ async def test_slow_consumer_keeps_memory_bounded(origin, window, max_buffer):
     assert h.hexdigest() == origin.sha256(f"mem{window}", size)
     budget = (max_buffer or 0) + rangestream.fetcher._HEAD_QUEUE + 2 * (1 << 20)
     assert 0 < stream.stats.buffered_peak <= budget
+
+
+# -- the seed's prefetch criteria ------------------------------------------------
+
+async def test_failed_prefetch_falls_back_transparently(origin):
+    # Chunk 1's prefetch gets a 503; with attempts=0 any *counted* failure would be fatal,
+    # so success proves the prefetch failure never cost the chunk a retry.
+    origin.profile = Profile(rate=2_000_000, retry_after=None)
+    size, chunk = 400 * KB, 200 * KB
+    origin.inject("503", name="pff", start=chunk)
+    data, stream = await fetch(origin.url(size, "pff", youtube=True), chunk_size=chunk, window=2,
+                               retry=Retry(attempts=0, backoff=0.001, jitter=0))
+    assert data == origin.content("pff", size)
+    assert stream.stats.prefetch_misses == 1
+    assert [r.status for r in reqs(origin, "pff") if r.range.startswith(f"bytes={chunk}-")] == [503, 206]
+
+
+async def test_prefetch_not_ready_in_time_is_cancelled_and_reissued(origin):
+    size, chunk = 400 * KB, 200 * KB
+    origin.inject("delay", name="pto", start=chunk, delay=10)
+    t = time.monotonic()
+    data, stream = await fetch(origin.url(size, "pto", youtube=True), chunk_size=chunk, window=2,
+                               retry=Retry(attempts=0, backoff=0.001, jitter=0),
+                               timeouts=Timeouts(request=30, idle=5, prefetch=0.3))
+    assert data == origin.content("pto", size)
+    assert time.monotonic() - t < 3  # neither the 10 s delay nor the 30 s request timeout
+    assert stream.stats.prefetch_misses == 1
+    await assert_no_leaks(origin)  # the abandoned request's connection is closed
+
+
+async def test_disconnect_mid_chunk_cancels_the_prefetch(origin):
+    origin.profile = Profile(rate=1_000_000)
+    size, chunk = 2_000_000, 500 * KB
+    async with rangestream.open_stream(origin.url(size, "dmc", youtube=True), chunk_size=chunk,
+                                       window=2) as stream:
+        async for _ in stream:
+            # chunk 1's prefetch is in flight now
+            break
+    await assert_no_leaks(origin)
+    prefetch = [r for r in reqs(origin, "dmc") if r.range.startswith(f"bytes={chunk}-")]
+    assert len(prefetch) == 1 and prefetch[0].outcome == "client-closed"

@@ -44,7 +44,7 @@ from .errors import (
     TransientError,
     URLExpiredError,
 )
-from .plan import DEFAULT_CHUNK_SIZE, ByteRange, next_chunk, parse_content_range, size_from_url, url_param
+from .plan import DEFAULT_CHUNK_SIZE, AutoWindow, ByteRange, parse_content_range, size_from_url, url_param
 from .redact import redact_url
 from .retry import Retry, Timeouts
 from .transport import Response
@@ -86,6 +86,7 @@ class Stats:
     prefetch_hits: int = 0
     prefetch_misses: int = 0
     chunks: int = 0
+    splits: int = 0  # remainders moved to another connection (tail or straggler)
     buffered_peak: int = 0  # most body bytes held for the consumer at once
     window_max: int = 0
     window_samples: list[int] = field(default_factory=list)
@@ -111,22 +112,30 @@ class Stats:
 class _Slot:
     """One chunk of the window: its range, its buffered body, its outcome."""
 
-    __slots__ = ("index", "range", "pos", "pieces", "buffered", "finished", "error", "wakeup",
-                 "task", "request_timeout", "prefetch_cut", "trace")
+    __slots__ = ("index", "range", "pos", "out", "pieces", "buffered", "finished", "error", "wakeup",
+                 "task", "request_timeout", "prefetch_cut", "trace", "reading_since", "read_from")
 
-    def __init__(self, index: int, rng: ByteRange) -> None:
+    def __init__(self, index: int, rng: ByteRange, wakeup: asyncio.Event) -> None:
         self.index = index
-        self.range = rng
+        self.range = rng  # its stop may shrink when the tail is split off to another slot
         self.pos = rng.start  # next byte of the object this chunk must fetch
+        self.out = rng.start  # next byte to hand to the consumer
         self.pieces: deque[bytes] = deque()
         self.buffered = 0
         self.finished = False
         self.error: StreamError | None = None
-        self.wakeup = asyncio.Event()
+        self.wakeup = wakeup
         self.task: asyncio.Task[None] | None = None
         self.request_timeout: asyncio.Timeout | None = None
         self.prefetch_cut = False
         self.trace = ChunkTrace(index, rng.start, rng.stop)
+        self.reading_since: float | None = None  # body phase of the current attempt began
+        self.read_from = rng.start  # ...at this byte
+
+    def rate(self, now: float) -> float | None:
+        if self.reading_since is None or now - self.reading_since < 0.05:
+            return None
+        return (self.pos - self.read_from) / (now - self.reading_since)
 
 
 class _Terminal(Exception):
@@ -136,35 +145,60 @@ class _Terminal(Exception):
         self.error = error
 
 
+# The controller's sampling period: short, so the window finds the link within
+# about half a second (measured-facts.md: reconsidering per chunk is too slow).
+_TICK = 0.1
+# Never split a remainder into pieces smaller than this: a new request costs a round trip.
+_MIN_SPLIT = 1 << 20
+
+
 class Stream:
-    """An object being fetched. Use as ``async with client.open_stream(url) as s: async for b in s``."""
+    """An object being fetched. Use as ``async with client.open_stream(url) as s: async for b in s``.
+
+    ``window``: requests in flight (an int, or ``"auto"`` to adapt up to ``ceiling``).
+    ``max_buffer``: bytes that chunks other than the current one may read ahead;
+    default 0 for ``window <= 2`` (the seed's headers-only prefetch), else
+    ``(window - 1) * chunk_size`` (``3 * chunk_size`` for ``"auto"``).
+    ``ranges``: fetch only these ``(start, stop)`` spans, in order (resuming a file).
+    ``expect_validators``: ``{"etag": ..., "last_modified": ...}`` the object must
+    still have (a resume); otherwise :class:`ObjectChangedError`.
+    """
 
     def __init__(self, client: Client, url: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 window: int = 2, max_buffer: int | None = None, retry: Retry | None = None,
-                 timeouts: Timeouts | None = None, refresh: RefreshHook | None = None,
-                 headers: dict[str, str] | None = None, owns_client: bool = False) -> None:
+                 window: int | str = 2, ceiling: int = 8, max_buffer: int | None = None,
+                 retry: Retry | None = None, timeouts: Timeouts | None = None,
+                 refresh: RefreshHook | None = None, headers: dict[str, str] | None = None,
+                 ranges: list[tuple[int, int]] | None = None,
+                 expect_validators: dict[str, str | None] | None = None,
+                 owns_client: bool = False) -> None:
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             raise InvalidURLError(f"not an http(s) URL: {redact_url(str(url))}")
-        if chunk_size <= 0:
-            raise ValueError("chunk_size must be positive")
-        if not isinstance(window, int) or window < 1:
-            raise ValueError("window must be an integer >= 1")
+        if not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError("chunk_size must be a positive integer")
+        self._auto: AutoWindow | None = None
+        if window == "auto":
+            self._auto = AutoWindow(start=min(2, ceiling), ceiling=ceiling)
+            window = self._auto.size
+            default_buffer = 3 * chunk_size
+        elif isinstance(window, int) and not isinstance(window, bool) and window >= 1:
+            default_buffer = 0 if window <= 2 else (window - 1) * chunk_size
+        else:
+            raise ValueError(f"window must be an integer >= 1 or 'auto', not {window!r}")
         self._client = client
         self._owns_client = owns_client
         self._url = url
         self._url_gen = 0
         self._chunk_size = chunk_size
         self._window = window
-        self._max_buffer = max_buffer if max_buffer is not None else (0 if window <= 2 else (window - 1) * chunk_size)
+        self._max_buffer = default_buffer if max_buffer is None else max_buffer
         self._retry = retry or Retry()
         self._timeouts = timeouts or Timeouts()
         self._refresh_hook = refresh
         self._refresh_lock = asyncio.Lock()
         self._headers = {**client.headers, **(headers or {})}
         self._lmt = url_param(url, "lmt")
-        self._clen = size_from_url(url)
 
-        self.size: int | None = self._clen
+        self.size: int | None = size_from_url(url)
         self.stats = Stats(size=self.size)
         self._size_known = asyncio.Event()
         if self.size is not None:
@@ -172,16 +206,27 @@ class Stream:
         self._etag: str | None = None
         self._last_modified: str | None = None
         self._validated = False
+        if expect_validators and any(expect_validators.values()):
+            self._etag = expect_validators.get("etag")
+            self._last_modified = expect_validators.get("last_modified")
+            self._validated = True
 
-        self._slots: dict[int, _Slot] = {}
-        self._head = 0
-        self._next_offset = 0
+        # What is left to plan, in object order; chunks are cut from its front.
+        spans = [ByteRange(a, b) for a, b in ranges] if ranges is not None else [ByteRange(0, self.size)]
+        self._spans: deque[ByteRange] = deque(r for r in spans if r.stop is None or len(r) > 0)
+        if self.size is not None:
+            self._clip_spans()
+        self._whole_spans = False  # the server ignores Range: one request per span
+        self._probe_open = False
+        self._order: list[_Slot] = []  # the window, in object order; [0] is the head
         self._next_index = 0
-        self._planning_done = False
         self._buffered = 0
+        self._read_total = 0
         self._delivered = 0
         self._progress = asyncio.Event()
         self._gate_waiters = 0
+        self._unordered = False
+        self._any_piece = asyncio.Event()  # unordered mode: every slot wakes the consumer
         self._tg: asyncio.TaskGroup | None = None
         self._entered = False
         self._iterated = False
@@ -196,7 +241,21 @@ class Stream:
 
     @property
     def delivered(self) -> int:
+        """Bytes handed to the consumer so far."""
         return self._delivered
+
+    @property
+    def active(self) -> int:
+        """Chunk requests in flight (or backing off) right now."""
+        return sum(1 for s in self._order if not s.finished)
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    @property
+    def validators(self) -> dict[str, str | None]:
+        return {"etag": self._etag, "last_modified": self._last_modified}
 
     async def __aenter__(self) -> Stream:
         if self._entered:
@@ -208,10 +267,12 @@ class Stream:
         await self._tg.__aenter__()
         try:
             self._fill_window()
-            if self.size is None:
+            if not self._size_known.is_set():
                 # No clen: chunk 0's first response tells the size (or that the
                 # server ignores Range); nothing else is planned before that.
                 await self._wait_size()
+            if self._auto is not None or self._window > 2:
+                self._tg.create_task(self._control())
         except BaseException:
             await self._shutdown()
             raise
@@ -221,128 +282,205 @@ class Stream:
         await self._shutdown()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
+        self._start_iteration()
+        return self._iterate()
+
+    def unordered(self) -> AsyncIterator[tuple[int, bytes]]:
+        """``(offset, data)`` pieces as soon as any chunk of the window has them.
+
+        For writers that can seek (a file written with ``os.pwrite``): every byte
+        still arrives exactly once, memory stays bounded, and a resume knows
+        exactly which spans are complete.
+        """
+        self._start_iteration()
+        self._unordered = True
+        for slot in self._order:
+            slot.wakeup = self._any_piece
+        return self._iterate_unordered()
+
+    def _start_iteration(self) -> None:
         if not self._entered or self._closed:
             raise RuntimeError("iterate a Stream inside its 'async with' block")
         if self._iterated:
             raise RuntimeError("a Stream can be iterated once")
         self._iterated = True
-        return self._iterate()
 
     # -- consumer side ----------------------------------------------------
+
+    def _take(self, slot: _Slot) -> bytes:
+        piece = slot.pieces.popleft()
+        n = len(piece)
+        slot.buffered -= n
+        slot.out += n
+        self._buffered -= n
+        self._delivered += n
+        self.stats.bytes += n
+        if self._gate_waiters:
+            self._notify()
+        return piece
+
+    def _raise_for(self, slot: _Slot) -> None:
+        err = slot.error
+        assert err is not None
+        err.offset = self._delivered if not self._unordered else slot.out
+        err.size = self.size
+        raise err
 
     async def _iterate(self) -> AsyncIterator[bytes]:
         complete = False
         try:
-            while True:
-                slot = self._slots.get(self._head)
-                if slot is None:
-                    complete = True
-                    self.stats.finished = time.monotonic()
-                    return
+            while self._order:
+                slot = self._order[0]
                 pieces = slot.pieces
                 while True:
                     if pieces:
-                        piece = pieces.popleft()
-                        n = len(piece)
-                        slot.buffered -= n
-                        self._buffered -= n
-                        self._delivered += n
-                        self.stats.bytes += n
-                        if self._gate_waiters:
-                            self._notify()
-                        yield piece
+                        yield self._take(slot)
                     elif slot.finished:
                         break
                     else:
                         slot.wakeup.clear()
                         await slot.wakeup.wait()
                 if slot.error is not None:
-                    err = slot.error
-                    err.offset = self._delivered
-                    err.size = self.size
-                    raise err
-                self._advance_head()
+                    self._raise_for(slot)
+                self._retire(slot)
+            complete = True
+            self.stats.finished = time.monotonic()
         finally:
             if not complete:
                 # Breaking out of ``async for`` lands here (via the generator's
                 # aclose): stop the network at once; __aexit__ awaits the tasks.
                 self._cancel_all()
 
-    def _advance_head(self) -> None:
-        del self._slots[self._head]
-        self._head += 1
+    async def _iterate_unordered(self) -> AsyncIterator[tuple[int, bytes]]:
+        complete = False
+        try:
+            while self._order:
+                self._any_piece.clear()
+                for slot in list(self._order):
+                    while slot.pieces:
+                        offset = slot.out
+                        yield offset, self._take(slot)
+                    if slot.finished and not slot.pieces:
+                        if slot.error is not None:
+                            self._raise_for(slot)
+                        self._retire(slot)
+                if self._order and not any(s.pieces or s.finished for s in self._order):
+                    await self._any_piece.wait()
+            complete = True
+            self.stats.finished = time.monotonic()
+        finally:
+            if not complete:
+                self._cancel_all()
+
+    def _retire(self, slot: _Slot) -> None:
+        """A slot fully delivered: drop it, let the next chunk into the window."""
+        self._order.remove(slot)
         self._fill_window()
-        head = self._slots.get(self._head)
-        if head is not None and head.trace.prefetched:
+        if not self._unordered and self._order:
+            self._on_new_head(self._order[0])
+        self._notify()
+
+    def _on_new_head(self, head: _Slot) -> None:
+        if head.trace.prefetched:
             self.stats.prefetch_hits += 1
-        if head is not None and head.request_timeout is not None:
+        if head.request_timeout is not None:
             # The seed's prefetch timeout: a prefetch still waiting for headers
             # gets only `prefetch` more seconds now that the consumer waits on it.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._timeouts.prefetch
+            deadline = asyncio.get_running_loop().time() + self._timeouts.prefetch
             when = head.request_timeout.when()
             if when is None or deadline < when:
                 head.request_timeout.reschedule(deadline)
                 head.prefetch_cut = True
-        self._notify()
 
     # -- window -------------------------------------------------------------
 
+    def _clip_spans(self) -> None:
+        size = self.size
+        assert size is not None
+        clipped = deque()
+        for r in self._spans:
+            stop = size if r.stop is None else min(r.stop, size)
+            if r.start < stop:
+                clipped.append(ByteRange(r.start, stop))
+        self._spans = clipped
+
+    def _plan_next(self) -> ByteRange | None:
+        if not self._spans:
+            return None
+        span = self._spans[0]
+        if span.stop is None or self._whole_spans:
+            self._spans.popleft()
+            if span.stop is None and not self._size_known.is_set():
+                # Unknown size: probe with one chunk; _learn_size re-plans the rest.
+                self._probe_open = True
+                return ByteRange(span.start, span.start + self._chunk_size)
+            return span
+        stop = min(span.start + self._chunk_size, span.stop)
+        if stop >= span.stop:
+            self._spans.popleft()
+        else:
+            self._spans[0] = ByteRange(stop, span.stop)
+        return ByteRange(span.start, stop)
+
     def _fill_window(self) -> None:
         assert self._tg is not None
-        while not self._planning_done and len(self._slots) < self._window:
-            if self.size is None and self._next_index > 0:
-                return  # size still unknown: only chunk 0 may run
-            if self.size is None:
-                rng = ByteRange(0, self._chunk_size)
-            else:
-                rng = next_chunk(self._next_offset, self.size, self._chunk_size)
-                if rng is None:
-                    self._planning_done = True
-                    return
-            slot = _Slot(self._next_index, rng)
-            self._slots[slot.index] = slot
-            self.stats.traces.append(slot.trace)
-            self.stats.chunks += 1
-            self._next_index += 1
-            self._next_offset = rng.stop if rng.stop is not None else 0
-            slot.task = self._tg.create_task(self._run_chunk(slot))
-        n = len(self._slots)
+        while len(self._order) < self._window:
+            if not self._size_known.is_set() and self._next_index > 0:
+                return  # size still unknown: only the probe may run
+            rng = self._plan_next()
+            if rng is None:
+                break
+            self._add_slot(rng, len(self._order))
+        n = len(self._order)
         self.stats.window_samples.append(n)
         self.stats.window_max = max(self.stats.window_max, n)
 
+    def _add_slot(self, rng: ByteRange, position: int) -> _Slot:
+        assert self._tg is not None
+        slot = _Slot(self._next_index, rng, self._any_piece if self._unordered else asyncio.Event())
+        self._next_index += 1
+        self._order.insert(position, slot)
+        self.stats.traces.append(slot.trace)
+        self.stats.chunks += 1
+        slot.task = self._tg.create_task(self._run_chunk(slot))
+        return slot
+
     def _learn_size(self, slot: _Slot, size: int | None, ranged: bool) -> None:
-        """Chunk 0's first response arrived on a URL without ``clen``."""
+        """The probe's first response arrived on a URL without ``clen``."""
         if self._size_known.is_set():
             return
         self.size = self.stats.size = size
-        if not ranged or size is None:
-            # One request for everything: chunk 0 becomes the whole object.
-            slot.range = ByteRange(0, size)
-            slot.trace.stop = size
-            self._planning_done = True
+        start, stop = slot.range.start, slot.range.stop
+        if size is None:
+            slot.range = ByteRange(start, None)  # read to EOF
+            self._spans.clear()
         else:
-            slot.range = ByteRange(0, min(self._chunk_size, size))
-            slot.trace.stop = slot.range.stop
-            self._next_offset = slot.range.stop  # type: ignore[assignment]
-            if self._next_offset >= size:
-                self._planning_done = True
+            if self._probe_open:
+                # The probe was cut from an open-ended span: give back what follows it.
+                stop = size if not ranged else min(stop, size)  # type: ignore[type-var]
+                if stop < size:
+                    self._spans.appendleft(ByteRange(stop, size))
+            slot.range = ByteRange(start, max(start, min(stop, size)))  # type: ignore[type-var]
+            self._whole_spans = not ranged  # a server ignoring Range: one request per span
+            self._clip_spans()
+        slot.trace.stop = slot.range.stop
         self._size_known.set()
         self._fill_window()
 
     async def _wait_size(self) -> None:
-        await self._size_known.wait()  # set by _learn_size, or when chunk 0 ends without learning it
-        slot0 = self._slots.get(0)
-        if self.size is None and slot0 is not None and slot0.error is not None:
-            err = slot0.error
+        await self._size_known.wait()  # set by _learn_size, or when the probe ends without learning it
+        if self.size is None and self._order and self._order[0].error is not None:
+            err = self._order[0].error
             err.offset = 0
             raise err
 
     def _is_head(self, slot: _Slot) -> bool:
-        return slot.index == self._head
+        return self._unordered or (bool(self._order) and self._order[0] is slot)
 
     def _may_read(self, slot: _Slot) -> bool:
-        if slot.index == self._head:
+        if self._unordered:
+            return self._buffered < max(self._max_buffer, _HEAD_QUEUE)
+        if self._order and self._order[0] is slot:
             return slot.buffered < _HEAD_QUEUE
         return self._buffered < self._max_buffer
 
@@ -358,8 +496,76 @@ class Stream:
         finally:
             self._gate_waiters -= 1
 
+    # -- adapting the window ----------------------------------------------------
+
+    async def _control(self) -> None:
+        """Every tick: feed the auto window, and split the slowest remainder when it pays."""
+        loop = asyncio.get_running_loop()
+        last_t, last_bytes = loop.time(), self._read_total
+        while self._order or self._spans:
+            await asyncio.sleep(_TICK)
+            now = loop.time()
+            rate = (self._read_total - last_bytes) / max(now - last_t, 1e-6)
+            last_t, last_bytes = now, self._read_total
+            reading = sum(1 for s in self._order if s.reading_since is not None and not s.finished)
+            if self._auto is not None:
+                size = self._auto.observe(now, rate, reading)
+                if size != self._window:
+                    self._window = size
+                    self._fill_window()
+            self._maybe_split(now)
+
+    def push_back(self) -> None:
+        if self._auto is not None:
+            self._window = self._auto.push_back(asyncio.get_running_loop().time())
+
+    def _maybe_split(self, now: float) -> None:
+        """Move the back half of a slow remainder onto a new connection.
+
+        Two cases pay: the tail (nothing left to plan, a connection of the
+        window idle) and a straggler (the head far slower than its peers while
+        the chunks behind it wait on the buffer). The slot keeps the front
+        half; its request is simply read no further than the new stop.
+        """
+        if self._spans or len(self._order) >= self._window:
+            straggler = self._straggler(now)
+            if straggler is None:
+                return
+            victim = straggler
+        else:
+            best = None
+            for s in self._order:
+                rate = s.rate(now)
+                if rate is None or s.range.stop is None or s.finished:
+                    continue
+                eta = (s.range.stop - s.pos) / max(rate, 1.0)
+                if best is None or eta > best[0]:
+                    best = (eta, s)
+            if best is None or best[0] < 2 * _TICK:
+                return
+            victim = best[1]
+        stop = victim.range.stop
+        if stop is None or stop - victim.pos < 2 * _MIN_SPLIT:
+            return
+        mid = victim.pos + (stop - victim.pos) // 2
+        victim.range = ByteRange(victim.range.start, mid)
+        victim.trace.stop = mid
+        self._add_slot(ByteRange(mid, stop), self._order.index(victim) + 1)
+        self.stats.splits += 1
+
+    def _straggler(self, now: float) -> _Slot | None:
+        if self._unordered or len(self._order) < 3 or not self._gate_waiters:
+            return None
+        head = self._order[0]
+        head_rate = head.rate(now)
+        peers = [r for s in self._order[1:] if (r := s.rate(now)) is not None]
+        if head_rate is None or len(peers) < 2:
+            return None
+        peers.sort()
+        return head if head_rate * 4 < peers[len(peers) // 2] else None
+
     def _cancel_all(self) -> None:
-        for slot in self._slots.values():
+        for slot in self._order:
             if slot.task is not None and not slot.task.done():
                 slot.task.cancel()
 
@@ -370,11 +576,13 @@ class Stream:
         self._cancel_all()
         try:
             if self._tg is not None:
+                for task in list(self._tg._tasks):  # the controller too
+                    task.cancel()
                 await self._tg.__aexit__(None, None, None)
         finally:
-            for slot in self._slots.values():
+            for slot in self._order:
                 slot.pieces.clear()
-            self._slots.clear()
+            self._order.clear()
             self._buffered = 0
             if self.stats.finished is None:
                 self.stats.finished = time.monotonic()
@@ -409,8 +617,12 @@ class Stream:
             was_prefetch = not self._is_head(slot)
             try:
                 await self._attempt(slot, url)
-                return
+                if slot.range.stop is None or slot.pos >= slot.range.stop:
+                    return
+                continue  # the server sent less than asked (some CDNs cap a range): ask for the rest
             except TransientError as e:
+                if e.status in (429, 503):
+                    self.push_back()
                 if slot.prefetch_cut or was_prefetch and not self._is_head(slot):
                     # A prefetch that failed or was cut by the prefetch timeout:
                     # the chunk goes through the normal path, free of charge.
@@ -477,6 +689,7 @@ class Stream:
             slot.trace.prefetched = not self._is_head(slot)
             await self._read_body(slot, resp, body_start, body_stop)
         finally:
+            slot.reading_since = None
             resp.close()
 
     def _check_response(self, slot: _Slot, resp: Response, want: ByteRange) -> tuple[int, int | None]:
@@ -512,13 +725,13 @@ class Stream:
                 raise TransientError(f"Content-Range total {cr.total} differs from the size {self.size}")
             if clen is not None and clen != cr.stop - cr.start:
                 raise TransientError(f"Content-Length {clen} disagrees with Content-Range")
-            if not self._size_known.is_set() and slot.index == 0:
+            if not self._size_known.is_set():
                 self._learn_size(slot, cr.total, ranged=cr.total is not None)
             return cr.start, cr.stop
         # 200: the server ignored Range and sends the whole object from byte 0.
         if self.size is not None and clen is not None and clen != self.size:
             raise TransientError(f"full response of {clen} bytes differs from the size {self.size}")
-        if not self._size_known.is_set() and slot.index == 0:
+        if not self._size_known.is_set():
             self._learn_size(slot, clen, ranged=False)
         return 0, clen
 
@@ -535,31 +748,38 @@ class Stream:
                 url=self._url, attempts=slot.trace.requests))
 
     async def _read_body(self, slot: _Slot, resp: Response, body_start: int, body_stop: int | None) -> None:
-        """Push ``[slot.pos, slot.range.stop)`` from a body spanning ``[body_start, body_stop)``."""
+        """Push ``[slot.pos, min(slot.range.stop, body_stop))`` from a body spanning
+        ``[body_start, body_stop)``. This is the per-byte hot path: keep it lean."""
         pos = slot.pos
         skip = pos - body_start  # a 200 (or a resumed 200) repeats bytes already delivered
-        stop = slot.range.stop
+        end = body_stop
         pieces = slot.pieces
-        wakeup = slot.wakeup
-        while stop is None or pos < stop:
+        slot.reading_since, slot.read_from = time.monotonic(), pos
+        while True:
+            stop = slot.range.stop  # re-read: a split may have moved it closer
+            if stop is not None and (end is None or stop < end):
+                end = stop
+            if end is not None and pos >= end:
+                return
             if not self._may_read(slot):
                 await self._wait_may_read(slot)
             piece = await resp.read_piece()
             if not piece:
-                if stop is None and body_stop is None:
+                if end is None:
                     slot.range = ByteRange(slot.range.start, pos)  # unknown size: EOF is the end
                     return
-                raise TransientError(f"premature end of body at byte {pos} (expected {stop or body_stop})")
+                raise TransientError(f"premature end of body at byte {pos} (expected {end})")
             if slot.trace.first_read is None:
                 slot.trace.first_read = time.monotonic()
+            self._read_total += len(piece)
             if skip > 0:
                 if len(piece) <= skip:
                     skip -= len(piece)
                     continue
                 piece = piece[skip:]
                 skip = 0
-            if stop is not None and pos + len(piece) > stop:
-                piece = piece[: stop - pos]  # a 200's tail beyond this chunk belongs to others
+            if end is not None and pos + len(piece) > end:
+                piece = piece[: end - pos]  # bytes beyond this slot belong to others
             n = len(piece)
             pos += n
             slot.pos = pos
@@ -568,7 +788,7 @@ class Stream:
             self._buffered += n
             if self._buffered > self.stats.buffered_peak:
                 self.stats.buffered_peak = self._buffered
-            wakeup.set()
+            slot.wakeup.set()
 
     async def _refresh(self, failed_gen: int, status: int, slot: _Slot) -> None:
         async with self._refresh_lock:

@@ -211,6 +211,8 @@ class _Scripted:
     at: int | None
     retry_after: int | None
     status: int | None
+    start: int | None = None  # only requests whose range starts here
+    delay: float = 0.0  # "delay": hold the response headers this long
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ class Origin:
         self._registered: dict[str, _Registered] = {}
         self._translated: dict[tuple[str, int], bytes] = {}
         self._scripted: list[_Scripted] = []
+        self._pending_delay = 0.0
         self._object_requests: dict[str, int] = {}
         self._auto_changed: set[str] = set()
         self._start_counts: dict[tuple[str, int], int] = {}
@@ -348,12 +351,16 @@ class Origin:
         return h.hexdigest()
 
     def inject(self, kind: str, *, count: int = 1, name: str | None = None, at: int | None = None,
-               retry_after: int | None = None, status: int | None = None) -> None:
-        if kind not in _ALL_KINDS:
+               retry_after: int | None = None, status: int | None = None, start: int | None = None,
+               delay: float = 0.0) -> None:
+        """Script a fault for the next ``count`` matching requests. ``start`` matches the
+        first byte asked for (to aim at one chunk); kind ``"delay"`` holds the response
+        headers for ``delay`` seconds (a slow prefetch)."""
+        if kind not in _ALL_KINDS and kind != "delay":
             raise ValueError(f"unknown fault kind {kind!r}")
         if kind == "status" and status is None:
             raise ValueError('inject("status") needs status=')
-        self._scripted.append(_Scripted(kind, count, name, at, retry_after, status))
+        self._scripted.append(_Scripted(kind, count, name, at, retry_after, status, start, delay))
 
     # URLs
     def url(self, size: int, name: str = "obj", *, youtube: bool = False, expire: float | None = None,
@@ -489,6 +496,10 @@ class Origin:
         fault, at, frac, retry_after, status = self._pick_fault(profile, forced, forced_at, name,
                                                                 range_start, has_body)
         rec.fault = fault
+        if fault == "delay":
+            delay, self._pending_delay = self._pending_delay, 0.0
+            await asyncio.sleep(delay)
+            fault = None
         if fault == "changed":
             self.change(name)
         obj = self._object(name, size)
@@ -609,9 +620,12 @@ class Origin:
             return has_body or k in _STATUS_FAULTS or k in ("status", "changed")
 
         for entry in self._scripted:
-            if entry.count > 0 and (entry.name is None or entry.name == name) and applies(entry.kind):
+            if (entry.count > 0 and (entry.name is None or entry.name == name) and applies(entry.kind)
+                    and (entry.start is None or entry.start == range_start)):
                 entry.count -= 1
                 self._scripted = [e for e in self._scripted if e.count > 0]
+                if entry.kind == "delay":
+                    self._pending_delay = entry.delay
                 return entry.kind, entry.at, frac, entry.retry_after, entry.status
         if forced is not None and applies(forced):
             return forced, forced_at, frac, None, None

@@ -128,3 +128,72 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise ValueError(f"size must be positive: {text!r}")
     return value
+
+
+class AutoWindow:
+    """Decides the window size from measured aggregate throughput. Pure: the engine
+    feeds it samples (time, rate, connections reading) and applies its answer.
+
+    Slow start: the window doubles while doubling still raises the aggregate
+    rate by ``gain`` (per-connection caps make that common); when it stops
+    paying, it falls back to the best size seen and afterwards probes one more
+    connection every ``probe_every`` seconds. Server push-back (429/503) halves it.
+    A sample only counts once the last change has settled (new connections
+    need a round trip before their bytes flow) and while every slot of the
+    window is actually reading; otherwise it says nothing about the network.
+    """
+
+    def __init__(self, start: int = 2, ceiling: int = 8, *, gain: float = 1.25,
+                 settle: float = 0.25, probe_every: float = 2.0) -> None:
+        if not 1 <= start <= ceiling:
+            raise ValueError("need 1 <= start <= ceiling")
+        self.size = start
+        self.ceiling = ceiling
+        self.gain = gain
+        self.settle = settle
+        self.probe_every = probe_every
+        self._changed_at: float | None = None
+        self._rate_at: dict[int, float] = {}
+        self._prev: int | None = None  # size before the last growth step
+        self._slow_start = True
+        self._next_probe = 0.0
+
+    def _set(self, now: float, size: int) -> int:
+        size = max(1, min(size, self.ceiling))
+        if size != self.size:
+            self._prev = self.size if size > self.size else None
+            self.size = size
+            self._changed_at = now
+        return self.size
+
+    def observe(self, now: float, rate: float, reading: int) -> int:
+        """One sample: ``rate`` bytes/s over the last interval with ``reading`` bodies in flight."""
+        if self._changed_at is None:
+            self._changed_at = now
+        if now - self._changed_at < self.settle or reading < self.size:
+            return self.size
+        self._rate_at[self.size] = rate
+        prev = self._prev
+        if prev is not None and prev in self._rate_at:
+            if rate < self._rate_at[prev] * self.gain:
+                # The last step did not pay: go back, stop doubling, probe gently later.
+                self._slow_start = False
+                self._prev = None
+                self._next_probe = now + self.probe_every
+                return self._set(now, prev) if rate < self._rate_at[prev] * 1.05 else self.size
+            self._prev = None
+        if self.size >= self.ceiling:
+            return self.size
+        if self._slow_start:
+            return self._set(now, self.size * 2)
+        if now >= self._next_probe:
+            self._next_probe = now + self.probe_every
+            return self._set(now, self.size + 1)
+        return self.size
+
+    def push_back(self, now: float) -> int:
+        """The server said 429/503: fewer connections, and no doubling any more."""
+        self._slow_start = False
+        self._prev = None
+        self._next_probe = now + self.probe_every
+        return self._set(now, max(1, self.size // 2))
