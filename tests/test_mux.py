@@ -646,3 +646,81 @@ def test_every_kind_generates():
     for kind, spec in KINDS.items():
         tracks, _ = probe(generate_clip(kind), decode=False)
         assert set(tracks) == {spec.track}, kind
+
+
+# --------------------------------------------------------------------------
+# end to end: the emulated CDN, the engine, the muxer
+# --------------------------------------------------------------------------
+
+E2E = dict(chunk_size=64 * 1024, window=2)
+
+
+def _retry():
+    import rangestream
+
+    return rangestream.Retry(attempts=5, backoff=0.001)
+
+
+@pytest.mark.parametrize("youtube", [False, True], ids=["media-url", "youtube-url"])
+async def test_mux_urls_survives_resets(origin, tmp_path, youtube):
+    from rangestream.mux import mux_urls
+
+    v, a = generate_clip("h264-fmp4"), generate_clip("aac-fmp4")
+    origin.add_object("v.mp4", v, "video/mp4")
+    origin.add_object("a.m4a", a, "audio/mp4")
+    origin.inject("reset", name="v.mp4", count=1)
+    origin.inject("reset", name="a.m4a", count=1)
+    out = tmp_path / "out.mp4"
+    result = await mux_urls(origin.media_url("v.mp4", youtube=youtube), origin.media_url("a.m4a", youtube=youtube),
+                            out, retry=_retry(), **E2E)
+    faults = [r for r in origin.log if r.fault == "reset"]
+    assert {r.name for r in faults} == {"v.mp4", "a.m4a"}  # both inputs were cut once, and recovered
+    assert result.input_bytes == {"video": len(v), "audio": len(a)}
+    check_output(out.read_bytes(), "h264-fmp4", "aac-fmp4", max_skew=1.1)
+    assert not mux_threads()
+
+
+async def test_mux_urls_webm_pair_to_async_sink_with_shared_client(origin):
+    import rangestream
+    from rangestream.mux import mux_urls
+
+    v, a = generate_clip("vp9-webm"), generate_clip("opus-webm")
+    vurl = origin.add_object("v.webm", v, "video/webm")
+    aurl = origin.add_object("a.webm", a, "audio/webm")
+    origin.inject("reset", name="a.webm", count=2)
+    sink = AsyncSink()
+    async with rangestream.Client() as client:
+        result = await mux_urls(vurl, aurl, sink, "webm", client=client, retry=_retry(), **E2E)
+    assert result.format == "webm"
+    check_output(sink.getvalue(), "vp9-webm", "opus-webm", max_skew=0.25)
+
+
+@pytest.mark.parametrize("bad", ["video", "audio"])
+@pytest.mark.parametrize("youtube", [False, True], ids=["media-url", "youtube-url"])
+async def test_mux_urls_404_names_the_input(origin, tmp_path, bad, youtube):
+    import rangestream
+    from rangestream.mux import mux_urls
+
+    origin.add_object("v.mp4", generate_clip("h264-fmp4"), "video/mp4")
+    origin.add_object("a.m4a", generate_clip("aac-fmp4"), "audio/mp4")
+    name = "v.mp4" if bad == "video" else "a.m4a"
+    origin.inject("status", status=404, name=name, count=100)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(MuxError) as info:
+        await mux_urls(origin.media_url("v.mp4", youtube=youtube), origin.media_url("a.m4a", youtube=youtube),
+                       out, retry=_retry(), **E2E)
+    err = info.value
+    assert err.input == bad
+    assert isinstance(err.__cause__, rangestream.HTTPStatusError) and err.__cause__.status == 404
+    assert "404" in str(err)
+    assert not out.exists()  # nothing was written: the sink is created at the first byte
+    assert not mux_threads()
+
+
+async def test_mux_urls_bad_format_makes_no_request(origin, tmp_path):
+    from rangestream.mux import mux_urls
+
+    url = origin.add_object("v.mp4", generate_clip("h264-fmp4"), "video/mp4")
+    with pytest.raises(MuxError, match="avi"):
+        await mux_urls(url, url, tmp_path / "x.avi")
+    assert origin.request_count == 0

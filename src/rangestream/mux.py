@@ -216,11 +216,16 @@ class _Channel:
             await self._async_wakeup.wait()
 
     def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes (worker thread); b"" at end of data."""
+        """Up to ``n`` bytes (worker thread); b"" at end of data, or once aborted.
+
+        (Raising here would not help: FFmpeg may call again within the same
+        call, and PyAV keeps only one exception; the worker checks the abort
+        flag itself after every FFmpeg call.)
+        """
         with self._cond:
             while not self._chunks:
                 if self._aborted.is_set():
-                    raise _Aborted()
+                    return b""
                 if self._eof:
                     return b""
                 self.reader_waiting = True
@@ -229,7 +234,7 @@ class _Channel:
                 finally:
                     self.reader_waiting = False
             if self._aborted.is_set():
-                raise _Aborted()
+                return b""
             was_full = self._buffered >= self._limit
             parts = []
             got = 0
@@ -256,11 +261,12 @@ class _Channel:
     # -- output direction -----------------------------------------------
 
     def put(self, data: bytes) -> None:
+        """Queue output (worker thread); dropped once aborted."""
         with self._cond:
             while self._buffered >= self._limit and not self._aborted.is_set():
                 self._cond.wait()
             if self._aborted.is_set():
-                raise _Aborted()
+                return
             self._chunks.append(data)
             self._buffered += len(data)
         self._wake_loop()
@@ -329,8 +335,11 @@ class _OutFile:
         return True
 
     def _forward(self, data: bytes) -> None:
-        if self._aborted.is_set() or self.discard:
-            raise _Aborted()
+        # After an abort or a failure nothing more reaches the sink. Only the
+        # first sink error is raised: FFmpeg may write again within the same
+        # call, and PyAV keeps one exception; the worker checks ``error``.
+        if self._aborted.is_set() or self.discard or self.error is not None:
+            return
         try:
             self._write(data)
         except BaseException as e:
@@ -377,8 +386,8 @@ class _SeekableOutFile(_OutFile):
     def seek(self, offset: int, whence: int = 0) -> int:
         if self._hold is not None:
             return self._hold.seek(offset, whence)
-        if self._aborted.is_set() or self.discard:
-            raise _Aborted()
+        if self._aborted.is_set() or self.discard or self.error is not None:
+            return self.pos
         try:
             self.pos = self._seek(offset, whence)
         except BaseException as e:
@@ -572,15 +581,22 @@ class _Worker:
         self.aborted = aborted
         self.read_size = read_size
 
+    def _check(self) -> None:
+        """Raise if the mux was aborted or the sink failed (FFmpeg may have hidden either)."""
+        if self.aborted.is_set():
+            raise _Aborted()
+        if self.sink.out.error is not None:
+            raise _SinkFailed(self.sink.out.error)
+
     def _open_input(self, name: str):
         import av
 
         try:
             container = av.open(self.readers[name], mode="r", buffer_size=self.read_size)
-        except _Aborted:
-            raise
         except Exception as e:
+            self._check()
             raise _InputFailed(name, e) from e
+        self._check()
         streams = container.streams.video if name == "video" else container.streams.audio
         if not streams:
             found = ", ".join(f"{s.type} {_codec_name(s)}" for s in container.streams)
@@ -631,27 +647,24 @@ class _Worker:
             try:
                 out.start_encoding()
             except Exception as e:
-                if isinstance(e, _Aborted) or self.sink.out.error is not None:
-                    raise
+                self._check()
                 raise MuxError(f"cannot write a {self.fmt.name} header for "
                                f"{_codec_name(vs)} video + {_codec_name(as_)} audio: {e}") from e
             self.sink.out.release()  # the header is good: from here on bytes go to the sink
+            self._check()
             self.progress.header_written = True
             self._merge({"video": (vin, vs), "audio": (ain, as_)}, ostreams, out)
             try:
-                out.close()
+                out.close()  # the trailer
             finally:
                 out = None
+            self._check()
             self.sink.out.finish()
-        except _Aborted:
-            raise
-        except (_InputFailed, MuxError):
+            self._check()
+        except (_Aborted, _SinkFailed, _InputFailed, MuxError):
             raise
         except Exception as e:
-            if self.aborted.is_set():
-                raise _Aborted() from e
-            if self.sink.out.error is not None:
-                raise _SinkFailed(self.sink.out.error) from e
+            self._check()
             raise
         finally:
             if out is not None:
@@ -680,6 +693,7 @@ class _Worker:
         last = dict.fromkeys(INPUTS, float("-inf"))
         aborted = self.aborted
         progress = self.progress
+        sink_out = self.sink.out
 
         def pull(name: str):
             it = iters[name]
@@ -687,12 +701,10 @@ class _Worker:
                 try:
                     p = next(it)
                 except StopIteration:
+                    self._check()  # an abort reads as end of data
                     return None, 0.0
-                except _Aborted:
-                    raise
                 except Exception as e:
-                    if aborted.is_set():
-                        raise _Aborted() from e
+                    self._check()
                     raise _InputFailed(name, e) from e
                 if p.size == 0:  # the demuxer's flush packet
                     continue
@@ -718,14 +730,11 @@ class _Worker:
             packet.stream = ostreams[name]
             try:
                 out.mux_one(packet)
-            except _Aborted:
-                raise
             except Exception as e:
-                if aborted.is_set():
-                    raise _Aborted() from e
-                if self.sink.out.error is not None:
-                    raise _SinkFailed(self.sink.out.error) from e
+                self._check()
                 raise _InputFailed(name, MuxError(f"the muxer rejected a {name} packet: {e}", input=name)) from e
+            if sink_out.error is not None:
+                raise _SinkFailed(sink_out.error)
             progress.packets[name] += 1
             heads[name] = pull(name)
 
@@ -789,9 +798,9 @@ def _input_error(name: str, error: BaseException, progress: _Progress) -> MuxErr
         got = error.offset
     done = progress.packets[name]
     reached = progress.reached[name]
-    reason = error.reason if isinstance(error, StreamError) else (str(error) or type(error).__name__)
+    reason = str(error) or type(error).__name__
     if isinstance(error, MuxError) and error.input:
-        reason = str(error)[len(error.input) + 2 :]
+        reason = reason[len(error.input) + 2 :]
     return MuxError(
         f"input failed after {got} bytes ({done} packets, {reached:.2f} s muxed): {reason}",
         input=name,
