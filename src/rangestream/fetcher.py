@@ -113,7 +113,8 @@ class _Slot:
     """One chunk of the window: its range, its buffered body, its outcome."""
 
     __slots__ = ("index", "range", "pos", "out", "pieces", "buffered", "finished", "error", "wakeup",
-                 "task", "request_timeout", "prefetch_cut", "trace", "reading_since", "read_from")
+                 "task", "request_timeout", "prefetch_cut", "trace", "reading_since", "read_from",
+                 "last_rate", "urgent")
 
     def __init__(self, index: int, rng: ByteRange, wakeup: asyncio.Event) -> None:
         self.index = index
@@ -131,10 +132,13 @@ class _Slot:
         self.trace = ChunkTrace(index, rng.start, rng.stop)
         self.reading_since: float | None = None  # body phase of the current attempt began
         self.read_from = rng.start  # ...at this byte
+        self.last_rate: float | None = None  # of the previous attempt's body
+        self.urgent = False  # split off the head: reads past the budget (it is at most half a chunk)
 
     def rate(self, now: float) -> float | None:
+        """Body bytes/s of the current attempt (or the last one once it ended)."""
         if self.reading_since is None or now - self.reading_since < 0.05:
-            return None
+            return self.last_rate
         return (self.pos - self.read_from) / (now - self.reading_since)
 
 
@@ -149,7 +153,7 @@ class _Terminal(Exception):
 # about half a second (measured-facts.md: reconsidering per chunk is too slow).
 _TICK = 0.1
 # Never split a remainder into pieces smaller than this: a new request costs a round trip.
-_MIN_SPLIT = 1 << 20
+_MIN_SPLIT = 256 << 10
 
 
 class Stream:
@@ -482,7 +486,7 @@ class Stream:
             return self._buffered < max(self._max_buffer, _HEAD_QUEUE)
         if self._order and self._order[0] is slot:
             return slot.buffered < _HEAD_QUEUE
-        return self._buffered < self._max_buffer
+        return self._buffered < self._max_buffer or slot.urgent
 
     def _notify(self) -> None:
         self._progress.set()
@@ -527,21 +531,22 @@ class Stream:
         the chunks behind it wait on the buffer). The slot keeps the front
         half; its request is simply read no further than the new stop.
         """
-        if self._spans or len(self._order) >= self._window:
+        running = [s for s in self._order if not s.finished]
+        if self._spans or len(running) >= self._window:
             straggler = self._straggler(now)
             if straggler is None:
                 return
             victim = straggler
         else:
             best = None
-            for s in self._order:
+            for s in running:
                 rate = s.rate(now)
-                if rate is None or s.range.stop is None or s.finished:
+                if rate is None or s.range.stop is None or s.reading_since is None:
                     continue
                 eta = (s.range.stop - s.pos) / max(rate, 1.0)
                 if best is None or eta > best[0]:
                     best = (eta, s)
-            if best is None or best[0] < 2 * _TICK:
+            if best is None or best[0] < 4 * _TICK:
                 return
             victim = best[1]
         stop = victim.range.stop
@@ -550,13 +555,18 @@ class Stream:
         mid = victim.pos + (stop - victim.pos) // 2
         victim.range = ByteRange(victim.range.start, mid)
         victim.trace.stop = mid
-        self._add_slot(ByteRange(mid, stop), self._order.index(victim) + 1)
+        new = self._add_slot(ByteRange(mid, stop), self._order.index(victim) + 1)
+        # The consumer needs these bytes right after the victim's: waiting on a
+        # budget full of later chunks would undo the split.
+        new.urgent = victim is self._order[0] or victim.urgent
         self.stats.splits += 1
 
     def _straggler(self, now: float) -> _Slot | None:
         if self._unordered or len(self._order) < 3 or not self._gate_waiters:
             return None
         head = self._order[0]
+        if head.finished or head.reading_since is None:
+            return None
         head_rate = head.rate(now)
         peers = [r for s in self._order[1:] if (r := s.rate(now)) is not None]
         if head_rate is None or len(peers) < 2:
@@ -689,7 +699,9 @@ class Stream:
             slot.trace.prefetched = not self._is_head(slot)
             await self._read_body(slot, resp, body_start, body_stop)
         finally:
-            slot.reading_since = None
+            if slot.reading_since is not None:
+                slot.last_rate = slot.rate(time.monotonic())
+                slot.reading_since = None
             resp.close()
 
     def _check_response(self, slot: _Slot, resp: Response, want: ByteRange) -> tuple[int, int | None]:

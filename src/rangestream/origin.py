@@ -213,6 +213,7 @@ class _Scripted:
     status: int | None
     start: int | None = None  # only requests whose range starts here
     delay: float = 0.0  # "delay": hold the response headers this long
+    rate: float | None = None  # "slow": serve this response at this rate
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ class Origin:
         self._translated: dict[tuple[str, int], bytes] = {}
         self._scripted: list[_Scripted] = []
         self._pending_delay = 0.0
+        self._pending_rate: float | None = None
         self._object_requests: dict[str, int] = {}
         self._auto_changed: set[str] = set()
         self._start_counts: dict[tuple[str, int], int] = {}
@@ -352,15 +354,16 @@ class Origin:
 
     def inject(self, kind: str, *, count: int = 1, name: str | None = None, at: int | None = None,
                retry_after: int | None = None, status: int | None = None, start: int | None = None,
-               delay: float = 0.0) -> None:
+               delay: float = 0.0, rate: float | None = None) -> None:
         """Script a fault for the next ``count`` matching requests. ``start`` matches the
         first byte asked for (to aim at one chunk); kind ``"delay"`` holds the response
-        headers for ``delay`` seconds (a slow prefetch)."""
-        if kind not in _ALL_KINDS and kind != "delay":
+        headers for ``delay`` seconds (a slow prefetch); kind ``"slow"`` serves the body at
+        ``rate`` bytes/s (a straggler)."""
+        if kind not in _ALL_KINDS and kind not in ("delay", "slow"):
             raise ValueError(f"unknown fault kind {kind!r}")
         if kind == "status" and status is None:
             raise ValueError('inject("status") needs status=')
-        self._scripted.append(_Scripted(kind, count, name, at, retry_after, status, start, delay))
+        self._scripted.append(_Scripted(kind, count, name, at, retry_after, status, start, delay, rate))
 
     # URLs
     def url(self, size: int, name: str = "obj", *, youtube: bool = False, expire: float | None = None,
@@ -500,6 +503,9 @@ class Origin:
             delay, self._pending_delay = self._pending_delay, 0.0
             await asyncio.sleep(delay)
             fault = None
+        if fault == "slow":
+            profile = dataclasses.replace(profile, rate=self._pending_rate)
+            fault = None
         if fault == "changed":
             self.change(name)
         obj = self._object(name, size)
@@ -626,6 +632,8 @@ class Origin:
                 self._scripted = [e for e in self._scripted if e.count > 0]
                 if entry.kind == "delay":
                     self._pending_delay = entry.delay
+                if entry.kind == "slow":
+                    self._pending_rate = entry.rate
                 return entry.kind, entry.at, frac, entry.retry_after, entry.status
         if forced is not None and applies(forced):
             return forced, forced_at, frac, None, None
