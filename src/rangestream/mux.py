@@ -694,6 +694,7 @@ class _Worker:
         aborted = self.aborted
         progress = self.progress
         sink_out = self.sink.out
+        reached = progress.reached
 
         def pull(name: str):
             it = iters[name]
@@ -723,10 +724,11 @@ class _Worker:
             name = "video" if a is None or (v is not None and vkey <= akey) else "audio"
             packet, key = heads[name]
             last[name] = key
-            if packet.pts is not None and packet.duration:
-                end = float((packet.pts + packet.duration) * packet.time_base)
-                if end > progress.reached[name]:
-                    progress.reached[name] = end
+            pts = packet.pts
+            if pts is not None:
+                end = (pts + packet.duration) * tbs[name]  # floats: Fractions cost more than the rest
+                if end > reached[name]:
+                    reached[name] = end
             packet.stream = ostreams[name]
             try:
                 out.mux_one(packet)
