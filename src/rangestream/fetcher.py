@@ -232,6 +232,7 @@ class Stream:
         self._unordered = False
         self._any_piece = asyncio.Event()  # unordered mode: every slot wakes the consumer
         self._tg: asyncio.TaskGroup | None = None
+        self._stopping = False
         self._entered = False
         self._iterated = False
         self._closed = False
@@ -428,7 +429,7 @@ class Stream:
 
     def _fill_window(self) -> None:
         assert self._tg is not None
-        while len(self._order) < self._window:
+        while len(self._order) < self._window and not self._stopping:
             if not self._size_known.is_set() and self._next_index > 0:
                 return  # size still unknown: only the probe may run
             rng = self._plan_next()
@@ -506,7 +507,7 @@ class Stream:
         """Every tick: feed the auto window, and split the slowest remainder when it pays."""
         loop = asyncio.get_running_loop()
         last_t, last_bytes = loop.time(), self._read_total
-        while self._order or self._spans:
+        while (self._order or self._spans) and not self._stopping:
             await asyncio.sleep(_TICK)
             now = loop.time()
             rate = (self._read_total - last_bytes) / max(now - last_t, 1e-6)
@@ -531,6 +532,8 @@ class Stream:
         the chunks behind it wait on the buffer). The slot keeps the front
         half; its request is simply read no further than the new stop.
         """
+        if self._stopping:
+            return
         running = [s for s in self._order if not s.finished]
         if self._spans or len(running) >= self._window:
             straggler = self._straggler(now)
@@ -575,6 +578,7 @@ class Stream:
         return head if head_rate * 4 < peers[len(peers) // 2] else None
 
     def _cancel_all(self) -> None:
+        self._stopping = True  # nothing new may start: no split, no refill
         for slot in self._order:
             if slot.task is not None and not slot.task.done():
                 slot.task.cancel()
