@@ -724,3 +724,76 @@ async def test_mux_urls_bad_format_makes_no_request(origin, tmp_path):
     with pytest.raises(MuxError, match="avi"):
         await mux_urls(url, url, tmp_path / "x.avi")
     assert origin.request_count == 0
+
+
+# --------------------------------------------------------------------------
+# an aiohttp StreamResponse as the sink
+# --------------------------------------------------------------------------
+
+
+async def _serve(handler):
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get("/out", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}/out"
+
+
+async def test_aiohttp_response_sink():
+    import aiohttp
+    from aiohttp import web
+
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        await resp.prepare(request)
+        await mux(Source(generate_clip("h264-fmp4")), Source(generate_clip("aac-fmp4")), resp, "mp4")
+        await resp.write_eof()
+        return resp
+
+    runner, url = await _serve(handler)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as r:
+            body = await r.read()
+    finally:
+        await runner.cleanup()
+    check_output(body, "h264-fmp4", "aac-fmp4", max_skew=1.1)
+
+
+async def test_http_client_going_away_cancels_both_inputs():
+    import aiohttp
+    from aiohttp import web
+
+    v = Source(generate_clip("h264-fmp4", crf=0), piece=4096, delay=0.002)
+    a = Source(generate_clip("aac-fmp4"), piece=4096, delay=0.002)
+    outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "video/x-matroska"})
+        await resp.prepare(request)
+        try:
+            await mux(v, a, resp, "mkv", queue_bytes=8192, read_size=8192)
+        except BaseException as e:  # noqa: BLE001
+            outcome.set_result(e)
+            raise
+        outcome.set_result(None)
+        return resp
+
+    runner, url = await _serve(handler)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as r:
+                await r.content.readexactly(20_000)  # watch a little, then leave
+                r.close()
+            err = await asyncio.wait_for(outcome, 10)
+    finally:
+        await runner.cleanup()
+    assert isinstance(err, MuxError), err
+    assert err.input is None and "sink" in str(err)
+    assert isinstance(err.__cause__, (ConnectionError, aiohttp.ClientConnectionResetError))
+    assert v.closed and a.closed and v.sent < len(v.data)
+    assert not mux_threads()

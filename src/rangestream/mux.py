@@ -836,12 +836,16 @@ async def mux(
     raises :class:`MuxError` before any byte is written.
 
     ``queue_bytes`` bounds each of the queues (per input, and to an async
-    sink); ``read_size`` is the block size the demuxers read.
+    sink); ``read_size`` is the block size the demuxers read. Memory is
+    about three ``queue_bytes`` plus one incoming piece per input plus
+    FFmpeg's own read-ahead (its probe reads at most a few MB per input).
 
     Packets are copied (never re-encoded) in order of decoding time. On an
     input failure, a sink failure or cancellation, both inputs are cancelled
     and closed and the worker thread ends before this returns; see the module
-    doc for the errors.
+    doc for the errors. (A blocking file-like sink whose ``write`` never
+    returns, e.g. a pipe nobody reads, holds the worker thread and so this
+    cleanup until it does; async sinks have no such problem.)
     """
     fmt = _resolve_format(format, sink)
     if queue_bytes <= 0 or read_size <= 0:
