@@ -1,0 +1,322 @@
+"""The command line as a user meets it: real subprocesses against the emulated CDN.
+
+The ``origin`` fixture runs in this test's event loop, so the CLI is started
+with ``asyncio.create_subprocess_exec`` (never a blocking ``subprocess.run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rangestream.origin import Origin
+
+KB = 1024
+MB = 1_000_000
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANGESTREAM_")}
+    env.pop("COLUMNS", None)
+    env.update(extra)
+    return env
+
+
+async def start(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                stdout=asyncio.subprocess.PIPE, **kw) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rangestream", *args, cwd=cwd, env=env or _env(),
+        stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=asyncio.subprocess.PIPE, **kw)
+
+
+async def run(*args: str, timeout: float = 30, **kw) -> tuple[int, bytes, str]:
+    proc = await start(*args, **kw)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out or b"", err.decode()
+
+
+def ranges_of(origin: Origin, name: str, size: int, since: int = 0) -> list[tuple[int, int]]:
+    spans = []
+    for rec in origin.log[since:]:
+        if f"/{name}/" not in rec.path or not rec.range:
+            continue
+        a, _, b = rec.range.split("=", 1)[1].partition("-")
+        spans.append((int(a), int(b) + 1 if b else size))
+    return spans
+
+
+def overlap(xs: list[tuple[int, int]], ys: list[tuple[int, int]]) -> int:
+    return sum(max(0, min(b, d) - max(a, c)) for a, b in xs for c, d in ys)
+
+
+async def wait_for_sidecar(proc: asyncio.subprocess.Process, path: Path, at_least: int,
+                           timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            err = (await proc.stderr.read()).decode()
+            raise AssertionError(f"the download ended (exit {proc.returncode}) before {at_least} bytes: {err}")
+        try:
+            state = json.loads(path.read_text())
+            if state["bytes_done"] >= at_least:
+                return state
+        except (OSError, ValueError):
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never recorded {at_least} bytes")
+
+
+def last_json(stderr: str) -> dict:
+    return json.loads(stderr.strip().splitlines()[-1])
+
+
+# -- downloads ----------------------------------------------------------------------------
+
+
+async def test_get_to_file_is_byte_identical_with_json_summary(origin, tmp_path):
+    size = 3 * MB + 17
+    url = origin.url(size, "whole")
+    rc, out, err = await run("get", url, "-o", "whole.bin", "--chunk-size", "256K", "--sha256", "--json",
+                             cwd=tmp_path)
+    assert rc == 0, err
+    assert out == b""
+    assert (tmp_path / "whole.bin").read_bytes() == origin.content("whole", size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.bin"]  # no .part, no sidecar left
+    summary = last_json(err)
+    assert summary["ok"] and summary["exit_code"] == 0
+    assert summary["bytes"] == size and summary["size"] == size
+    assert summary["sha256"] == origin.sha256("whole", size)
+    assert summary["window"] == "auto" and summary["requests"] >= 12
+    assert {"seconds", "mb_per_s", "retries", "refreshes", "window_max"} <= summary.keys()
+
+
+async def test_stdout_is_byte_identical_and_carries_nothing_else(origin, tmp_path):
+    size = 2 * MB + 5
+    url = origin.url(size, "pipe", youtube=True)
+    (rc, out, err), (rc_q, out_q, err_q) = await asyncio.gather(
+        run("get", url, "-o", "-", "--chunk-size", "300K", "--window", "3", "--sha256", cwd=tmp_path),
+        run("get", url, "-o", "-", "--chunk-size", "1M", "--quiet", cwd=tmp_path))
+    want = origin.content("pipe", size)
+    assert rc == 0 and out == want, err
+    assert rc_q == 0 and out_q == want and err_q == ""
+    assert "Streamed 2.0 MB to stdout" in err
+    assert f"sha256 {hashlib.sha256(want).hexdigest()}  -" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_resume_after_sigkill_fetches_only_what_is_missing(origin, tmp_path):
+    size, name = 6 * MB, "killed"
+    slow = origin.url(size, name, rate=300_000)
+    proc = await start("get", slow, "-o", "f.bin", "--chunk-size", "512K", "--window", "4", cwd=tmp_path)
+    sidecar = tmp_path / "f.bin.part.json"
+    await wait_for_sidecar(proc, sidecar, 1 * MB)
+    proc.kill()
+    await proc.wait()
+    state = json.loads(sidecar.read_text())
+    done = [tuple(s) for s in state["done"]]
+    assert state["size"] == size and state["etag"] and state["last_modified"]
+    assert 0 < state["bytes_done"] < size and (tmp_path / "f.bin.part").exists()
+    part = (tmp_path / "f.bin.part").read_bytes()
+    want = origin.content(name, size)
+    assert all(part[a:b] == want[a:b] for a, b in done)  # what the sidecar lists is really on disk
+
+    before = len(origin.log)
+    fast = origin.url(size, name)  # a fresh URL for the same object, as after a network loss
+    rc, _, err = await run("get", fast, "-o", "f.bin", "--chunk-size", "512K", "--json", cwd=tmp_path)
+    assert rc == 0, err
+    assert (tmp_path / "f.bin").read_bytes() == want
+    assert not sidecar.exists() and not (tmp_path / "f.bin.part").exists()
+    refetched = ranges_of(origin, name, size, since=before)
+    assert refetched and overlap(refetched, done) == 0  # nothing the first run completed
+    assert "Resuming f.bin.part" in err
+    summary = last_json(err)
+    assert summary["resumed_from"] == state["bytes_done"] and summary["bytes"] == size - state["bytes_done"]
+
+
+async def test_ctrl_c_saves_the_sidecar_exits_130_and_resumes(origin, tmp_path):
+    size, name = 4 * MB, "sigint"
+    url = origin.url(size, name, rate=250_000)
+    proc = await start("get", url, "-o", "g.bin", "--chunk-size", "256K", "--window", "2", cwd=tmp_path)
+    # Non-terminal stderr: a plain progress line every ~2 s. Press Ctrl-C after the first one.
+    line = await asyncio.wait_for(proc.stderr.readline(), 10)
+    assert b"g.bin:" in line and b" MB / 4.0 MB" in line and b"conn" in line
+    proc.send_signal(signal.SIGINT)
+    rest = await asyncio.wait_for(proc.stderr.read(), 10)
+    assert await proc.wait() == 130
+    err = rest.decode()
+    assert "interrupted" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    state = json.loads((tmp_path / "g.bin.part.json").read_text())
+    assert state["bytes_done"] > 0
+    done = [tuple(s) for s in state["done"]]
+    before = len(origin.log)
+    rc, _, err = await run("get", origin.url(size, name), "-o", "g.bin", cwd=tmp_path)
+    assert rc == 0, err
+    assert (tmp_path / "g.bin").read_bytes() == origin.content(name, size)
+    assert overlap(ranges_of(origin, name, size, since=before), done) == 0
+
+
+async def test_resume_starts_over_when_the_object_changed(origin, tmp_path):
+    size, name = 3 * MB, "changing"
+    proc = await start("get", origin.url(size, name, rate=250_000), "-o", "c.bin", "--chunk-size", "256K",
+                       "--window", "2", cwd=tmp_path)
+    await wait_for_sidecar(proc, tmp_path / "c.bin.part.json", 200 * KB)
+    proc.kill()
+    await proc.wait()
+    origin.change(name)
+    rc, _, err = await run("get", origin.url(size, name), "-o", "c.bin", cwd=tmp_path)
+    assert rc == 0, err
+    assert "cannot resume c.bin.part: the object changed" in err and "starting over" in err
+    assert (tmp_path / "c.bin").read_bytes() == origin.content(name, size, version=1)
+
+
+async def test_existing_file_is_left_alone_unless_forced(origin, tmp_path):
+    (tmp_path / "e.bin").write_bytes(b"old")
+    url = origin.url(100 * KB, "e")
+    rc, _, err = await run("get", url, "-o", "e.bin", cwd=tmp_path)
+    assert rc == 0 and "already exists" in err and (tmp_path / "e.bin").read_bytes() == b"old"
+    rc, _, err = await run("get", url, "-o", "e.bin", "--force", "-q", cwd=tmp_path)
+    assert rc == 0 and err == "" and (tmp_path / "e.bin").read_bytes() == origin.content("e", 100 * KB)
+
+
+async def test_default_name_env_defaults_and_json_file(origin, tmp_path):
+    url = origin.url(500_000, "named")
+    rc, _, err = await run("get", url, "--json-file", "s.json", "-q",
+                           env=_env(RANGESTREAM_WINDOW="1", RANGESTREAM_CHUNK_SIZE="100KiB"), cwd=tmp_path)
+    assert rc == 0 and err == ""
+    assert (tmp_path / "500000.bin").read_bytes() == origin.content("named", 500_000)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["window"] == 1 and summary["window_max"] == 1 and summary["requests"] == 5
+
+
+# -- errors and exit codes -------------------------------------------------------------------
+
+
+USAGE_CASES = [
+    (["get", "http://x/", "--window", "0"], "window must be >= 1 or 'auto'"),
+    (["get", "http://x/", "--chunk-size", "lots"], "not a size: 'lots'"),
+    (["get", "http://x/", "--retries", "-1"], "must be >= 0"),
+    (["get", "http://x/", "--backoff", "soon"], "not a number of seconds"),
+    (["get", "http://x/", "--header", "no colon"], "not a header"),
+    (["get", "http://x/", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["get", "ftp://example.com/f"], "bad URL ftp://example.com/f: only http:// and https://"),
+    (["get", "http://"], "bad URL http://: no host"),
+    (["get", "example.com/video.mp4"], "bad URL example.com/video.mp4"),
+    (["get", "http://h:99999/"], "bad URL"),
+    (["get", "http://u:secret@/x"], "bad URL http://REDACTED@/x: no host"),
+    (["get", "http://x/", "--proxy", "socks5://p:1080"], "bad proxy URL"),
+    ([], "usage: rangestream"),
+]
+
+
+@pytest.mark.parametrize("argv,message", USAGE_CASES, ids=[" ".join(a[2:]) or "none" for a, _ in USAGE_CASES])
+def test_usage_errors_in_process(argv, message, capsys, tmp_path, monkeypatch):
+    from rangestream.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert message in err and out == "" and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_bad_flags_and_urls_exit_2_as_a_user_sees_them(tmp_path):
+    cases = [USAGE_CASES[0], USAGE_CASES[1], USAGE_CASES[6], USAGE_CASES[-1]]
+    results = await asyncio.gather(*(run(*args, cwd=tmp_path) for args, _ in cases))
+    for (args, message), (rc, out, err) in zip(cases, results):
+        assert rc == 2, (args, err)
+        assert message in err, (args, err)
+        assert out == b"" and "Traceback" not in err
+    rc, _, err = await run("get", "http://x/", env=_env(RANGESTREAM_RETRIES="many"), cwd=tmp_path)
+    assert rc == 2 and "RANGESTREAM_RETRIES='many'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_help_documents_exit_codes_and_environment():
+    rc, out, _ = await run("get", "--help")
+    text = out.decode()
+    assert rc == 0
+    for needle in ("exit codes:", "130", "141", "local I/O", "RANGESTREAM_PROXY", "RANGESTREAM_WINDOW",
+                   "--chunk-size", "--window", "--retries", "--backoff", "--timeout", "--header", "--proxy",
+                   "--quiet", "--json", "--sha256"):
+        assert needle in text, needle
+
+
+async def test_network_and_http_failures_have_their_exit_codes(origin, tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    fast = ["--retries", "1", "--backoff", "0.01", "-o", "out.bin"]
+    cases = [
+        (f"http://127.0.0.1:{closed_port}/x", 3, "cannot connect to 127.0.0.1"),
+        (f"{origin.base_url}/media/missing", 4, "not found: HTTP 404"),
+        (origin.url(10 * KB, "old", youtube=True, expire=time.time() - 60), 4, "expired"),
+        (origin.url(3 * MB, "flip", changed_after=2), 5, "object changed"),
+    ]
+    results = await asyncio.gather(*(run("get", url, *fast, "--chunk-size", "256K", "--window", "1",
+                                         cwd=tmp_path) for url, _, _ in cases))
+    for (url, code, message), (rc, out, err) in zip(cases, results):
+        assert rc == code, (url, err)
+        assert message in err, (url, err)
+        assert "Traceback" not in err and out == b""
+    assert "sig=REDACTED" in results[2][2]  # the signed URL's secret is never shown
+    assert list(tmp_path.iterdir()) == []  # nothing to resume: nothing left behind
+    rc, _, err = await run("get", f"{origin.base_url}/media/missing", "--debug", "-o", "x", cwd=tmp_path)
+    assert rc == 4 and "Traceback" in err and "HTTPStatusError" in err
+
+
+async def test_local_io_failures_exit_6(origin, tmp_path):
+    url = origin.url(2 * MB, "io")
+    (tmp_path / "plainfile").write_bytes(b"")
+    with open("/dev/full", "wb") as full:
+        (rc1, _, err1), (rc2, _, err2), (rc3, _, err3) = await asyncio.gather(
+            run("get", url, "-o", str(tmp_path / "plainfile" / "x.bin")),
+            run("get", url, "-o", "-", stdout=full),
+            run("get", url, "-o", str(tmp_path / "big.bin"),  # a 1 MB file size limit, like a full disk
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))))
+    assert rc1 == 6 and "cannot open" in err1 and "Not a directory" in err1, err1
+    assert rc2 == 6 and "disk full: cannot write to stdout" in err2, err2
+    assert rc3 == 6 and "file too large" in err3, err3
+    for err in (err1, err2, err3):
+        assert "Traceback" not in err
+
+
+async def test_broken_pipe_on_stdout_is_quiet(origin):
+    size = 30 * MB
+    r, w = os.pipe()
+    try:
+        proc = await start("get", origin.url(size, "head"), "-o", "-", "--quiet", stdout=w)
+        os.close(w)
+        w = -1
+        got = await asyncio.to_thread(os.read, r, 100)  # like `| head -c 100`
+        assert got == origin.content("head", size)[: len(got)] and got
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 141
+    assert err == b""
+
+
+async def test_origin_subcommand_serves(tmp_path):
+    proc = await start("origin", "--profile", "fast", "--port", "0")
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert line.startswith("listening on http://127.0.0.1:")
+        url = f"{line.split()[-1]}/data/o/100000.bin"
+        rc, out, err = await run("get", url, "-o", "-", "-q")
+        assert rc == 0 and len(out) == 100_000, err
+    finally:
+        proc.terminate()
+        await proc.wait()
