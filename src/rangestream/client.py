@@ -1,15 +1,30 @@
-"""The shared client: one connection pool, default headers and a proxy for many streams."""
+"""The shared client: one connection pool, headers, cookies and a proxy for many streams."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .fetcher import Stream
-from .transport import DEFAULT_HEADERS, AiohttpTransport, Transport
+from .headers import load_cookies
+from .transport import AiohttpTransport, Transport
 
 
 class Client:
     """Holds what streams share. Use ``async with Client() as c: async with c.open_stream(url) as s: ...``.
+
+    ``headers``: the user's headers (kept in :attr:`headers`), sent on top of the
+    built-in transport's per-URL profile (see :mod:`rangestream.headers`: a
+    desktop Chrome profile, YouTube's Origin/Referer for googlevideo, the iOS app's
+    User-Agent for ``c=IOS`` URLs, ``Accept-Encoding: identity`` always).
+    ``cookies_file``: a Netscape-format cookies file (yt-dlp's ``--cookies``, curl's
+    ``-c``); each request carries the cookies that match its URL.
+    ``proxy``: ``http://``, ``https://``, ``socks5://`` (names resolved by the proxy),
+    ``socks5h://``, ``socks4://``, ``socks4a://``; credentials in the URL.
+    ``limit_per_host``: connections per host; ``requests_per_second``: request
+    starts per host, shared by all streams of this client.
+    ``cookies_file``, ``limit_per_host`` and ``requests_per_second`` configure the
+    built-in transport and cannot be combined with ``transport=``.
 
     ``stream_defaults`` (chunk_size, window, retry, timeouts, refresh, ...) apply to
     every :meth:`open_stream` unless overridden there.
@@ -17,10 +32,18 @@ class Client:
 
     def __init__(self, *, headers: dict[str, str] | None = None, proxy: str | None = None,
                  transport: Transport | None = None, limit_per_host: int = 0,
-                 **stream_defaults: Any) -> None:
-        self.headers: dict[str, str] = {**DEFAULT_HEADERS, **(headers or {})}
+                 cookies_file: str | os.PathLike[str] | None = None,
+                 requests_per_second: float | None = None, **stream_defaults: Any) -> None:
+        self.headers: dict[str, str] = dict(headers or {})
         self.proxy = proxy
-        self._transport: Transport = transport or AiohttpTransport(proxy=proxy, limit_per_host=limit_per_host)
+        if transport is None:
+            cookies = load_cookies(cookies_file) if cookies_file is not None else None
+            transport = AiohttpTransport(proxy=proxy, limit_per_host=limit_per_host, cookies=cookies,
+                                         requests_per_second=requests_per_second)
+        elif cookies_file is not None or limit_per_host or requests_per_second or proxy:
+            raise ValueError("proxy, cookies_file, limit_per_host and requests_per_second configure "
+                             "the built-in transport; configure your transport= instead")
+        self._transport: Transport = transport
         self._stream_defaults = stream_defaults
 
     def open_stream(self, url: str, **options: Any) -> Stream:
@@ -37,10 +60,11 @@ class Client:
 
 
 def open_stream(url: str, *, headers: dict[str, str] | None = None, proxy: str | None = None,
-                transport: Transport | None = None, **options: Any) -> Stream:
+                transport: Transport | None = None, cookies_file: str | os.PathLike[str] | None = None,
+                **options: Any) -> Stream:
     """Open one stream with a private :class:`Client`, closed when the stream is left.
 
     ``async with open_stream(url, chunk_size=9_500_000, window=2) as stream: ...``
     """
-    client = Client(headers=headers, proxy=proxy, transport=transport)
+    client = Client(headers=headers, proxy=proxy, transport=transport, cookies_file=cookies_file)
     return Stream(client, url, owns_client=True, **options)

@@ -10,24 +10,28 @@ timeout itself, so the engine's retry logic is the same for every transport.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import logging
+import time
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
+from yarl import URL
 
-from .errors import InvalidURLError, TransientError
+from .errors import InvalidURLError, RangestreamError, TransientError
+from .headers import cookie_header, headers_for
 from .redact import redact_url
 
 log = logging.getLogger("rangestream")
 
-DEFAULT_HEADERS = {
-    "User-Agent": "rangestream/0.1",
-    "Accept": "*/*",
-    # Ranges are byte offsets into the stored representation: never let a
-    # server compress them on the fly.
-    "Accept-Encoding": "identity",
-}
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+_HTTP_PROXY_SCHEMES = frozenset({"http", "https"})
+# scheme -> (python_socks ProxyType name, resolve names at the proxy)
+_SOCKS_SCHEMES = {"socks5": ("SOCKS5", True), "socks5h": ("SOCKS5", True),
+                  "socks4a": ("SOCKS4", True), "socks4": ("SOCKS4", False)}
 
 
 class Response(Protocol):
@@ -71,45 +75,138 @@ class _AiohttpResponse:
             self._resp.close()  # abandoned mid-body: the connection must die with it
 
 
+class HostPacer:
+    """At most ``rate`` request starts per second per host (``host:port``), spaced evenly.
+
+    Shared by every stream of a client. A waiter that is cancelled gives its turn
+    back (the next start time only advances when a request actually goes out).
+    """
+
+    def __init__(self, rate: float) -> None:
+        if not rate > 0:
+            raise ValueError("requests_per_second must be positive")
+        self.interval = 1.0 / rate
+        self._next: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def wait(self, host: str) -> None:
+        lock = self._locks.setdefault(host, asyncio.Lock())
+        async with lock:
+            delay = self._next.get(host, 0.0) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._next[host] = time.monotonic() + self.interval
+
+
 class AiohttpTransport:
     """aiohttp with a shared connection pool.
+
+    Every request gets :func:`~rangestream.headers.headers_for` its URL (the
+    per-URL browser/app profile under the headers the engine passes) and the
+    cookies of ``cookies`` that match it. Redirects are followed here, hop by hop,
+    so each hop gets its own URL's headers and cookies (and the rate cap).
+
+    ``proxy``: ``http://`` or ``https://`` (aiohttp's ``proxy=``), or ``socks5://``
+    / ``socks5h://`` / ``socks4://`` / ``socks4a://`` through aiohttp-socks (the
+    ``socks`` extra); SOCKS5 always resolves names at the proxy. Credentials go in
+    the URL's userinfo and never appear in errors or logs.
+
+    ``requests_per_second``: cap on request starts per host, shared by all streams.
+    The wait counts toward the engine's request timeout, so keep
+    ``requests_per_second * Timeouts.request`` above the requests in flight.
 
     ``read_bufsize`` is large because each read costs Python overhead: big
     pieces keep CPU per GB near curl's (see ``benchmarks/window.py``).
     """
 
     def __init__(self, *, proxy: str | None = None, limit: int = 64, limit_per_host: int = 0,
-                 read_bufsize: int = 1 << 20) -> None:
-        self._proxy = proxy
+                 read_bufsize: int = 1 << 20, cookies: http.cookiejar.CookieJar | None = None,
+                 requests_per_second: float | None = None) -> None:
+        self._proxy = proxy or None
+        self._socks: tuple[Any, ...] | None = None
+        if self._proxy is not None:
+            self._socks = _parse_proxy(self._proxy)
         self._limit = limit
         self._limit_per_host = limit_per_host
         self._read_bufsize = read_bufsize
+        self._cookies = cookies
+        self._pacer = HostPacer(requests_per_second) if requests_per_second else None
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit_per_host,
-                                             ttl_dns_cache=300)
+            options: dict[str, Any] = dict(limit=self._limit, limit_per_host=self._limit_per_host,
+                                           ttl_dns_cache=300)
+            connector: aiohttp.TCPConnector
+            if self._socks is not None:
+                from aiohttp_socks import ProxyConnector  # checked importable in _parse_proxy
+                proxy_type, host, port, user, password, rdns = self._socks
+                connector = ProxyConnector(proxy_type=proxy_type, host=host, port=port, username=user,
+                                           password=password, rdns=rdns, **options)
+            else:
+                connector = aiohttp.TCPConnector(**options)
             self._session = aiohttp.ClientSession(
                 connector=connector, read_bufsize=self._read_bufsize, auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None), trust_env=False,
             )
         return self._session
 
+    def _headers(self, url: str, headers: Mapping[str, str]) -> dict[str, str]:
+        out = headers_for(url, headers)
+        if self._cookies is not None:
+            cookies = cookie_header(self._cookies, url)
+            if cookies:
+                mine = next((k for k in out if k.lower() == "cookie"), None)
+                if mine is None:
+                    out["Cookie"] = cookies
+                else:  # the caller's own Cookie header goes first
+                    out[mine] = f"{out[mine]}; {cookies}"
+        return out
+
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
                       connect_timeout: float, idle_timeout: float) -> Response:
         session = self._get_session()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
-        try:
-            resp = await session.request(method, url, headers=headers, proxy=self._proxy,
-                                         timeout=timeout, allow_redirects=True)
-        except (aiohttp.InvalidURL, ValueError) as e:
-            raise InvalidURLError(f"invalid URL {redact_url(url)}: {e}") from None
-        except asyncio.TimeoutError as e:
-            raise TransientError("timed out waiting for the server") from e
-        except (aiohttp.ClientError, OSError) as e:
-            raise TransientError(f"request failed: {_describe(e)}") from e
-        return _AiohttpResponse(resp)
+        http_proxy = None if self._socks is not None else self._proxy
+        headers = dict(headers)
+        for _hop in range(_MAX_REDIRECTS + 1):
+            if self._pacer is not None:
+                await self._pacer.wait(_host_key(url))
+            try:
+                resp = await session.request(method, url, headers=self._headers(url, headers),
+                                             proxy=http_proxy, timeout=timeout, allow_redirects=False)
+            except (aiohttp.InvalidURL, ValueError) as e:
+                raise InvalidURLError(f"invalid URL {redact_url(url)}: {_describe(e)}") from None
+            except asyncio.TimeoutError as e:
+                raise TransientError(f"timed out waiting for the server{self._via()}") from e
+            except (aiohttp.ClientError, OSError) as e:
+                raise TransientError(f"request failed: {_describe(e)}{self._via()}") from e
+            except Exception as e:
+                if _is_proxy_error(e):  # aiohttp-socks: proxy unreachable, refused, failed auth, timeout
+                    raise TransientError(f"request failed: {_describe(e)}{self._via()}") from e
+                raise
+            location = resp.headers.get("Location")
+            if resp.status not in _REDIRECTS or not location:
+                return _AiohttpResponse(resp)
+            _AiohttpResponse(resp).close()
+            try:
+                target = resp.url.join(URL(location))
+            except ValueError:
+                raise TransientError(f"HTTP {resp.status} with an unusable Location") from None
+            if target.scheme not in ("http", "https"):
+                raise InvalidURLError(f"redirected to a non-http(s) URL: {redact_url(str(target))}")
+            if target.origin() != resp.url.origin():
+                # As browsers and aiohttp do: the caller's credentials stay with their origin
+                # (cookies from the cookies file are chosen again for the new URL).
+                for name in [k for k in headers if k.lower() in ("authorization", "cookie")]:
+                    del headers[name]
+            if resp.status == 303:
+                method = "GET"
+            url = str(target)
+        raise TransientError(f"more than {_MAX_REDIRECTS} redirects")
+
+    def _via(self) -> str:
+        return f" (via proxy {redact_url(self._proxy)})" if self._proxy else ""
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -117,10 +214,58 @@ class AiohttpTransport:
             self._session = None
 
 
+def _host_key(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        return f"{(parts.hostname or '').lower()}:{parts.port or ''}"
+    except ValueError:
+        return ""
+
+
+def _parse_proxy(proxy: str) -> tuple[Any, ...] | None:
+    """None for an HTTP(S) proxy (aiohttp's ``proxy=``), else the SOCKS connector's arguments."""
+    try:
+        parts = urlsplit(proxy)
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        raise InvalidURLError(f"invalid proxy URL {redact_url(proxy)}") from None
+    if not host:
+        raise InvalidURLError(f"proxy URL without a host: {redact_url(proxy)}")
+    if scheme in _HTTP_PROXY_SCHEMES:
+        return None
+    if scheme not in _SOCKS_SCHEMES:
+        raise InvalidURLError(f"unsupported proxy scheme {scheme!r} (use http, https, socks5, "
+                              f"socks5h, socks4 or socks4a): {redact_url(proxy)}")
+    try:
+        from python_socks import ProxyType
+    except ImportError:
+        raise RangestreamError("SOCKS proxies need aiohttp-socks: pip install 'rangestream[socks]'") from None
+    kind, rdns = _SOCKS_SCHEMES[scheme]
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return getattr(ProxyType, kind), host, port or 1080, user, password, rdns
+
+
+def _is_proxy_error(e: BaseException) -> bool:
+    try:
+        import aiohttp_socks
+    except ImportError:
+        return False
+    return isinstance(e, (aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError,
+                          aiohttp_socks.ProxyTimeoutError))
+
+
 def _describe(e: BaseException) -> str:
     # aiohttp's messages can embed the full URL (with its signature): keep only the kind.
     if isinstance(e, aiohttp.ClientConnectorError):
         return f"cannot connect to {e.host}:{e.port} ({e.os_error.strerror or type(e.os_error).__name__})"
+    if isinstance(e, aiohttp.ClientHttpProxyError):
+        return f"the proxy answered HTTP {e.status}"
     if isinstance(e, aiohttp.ClientResponseError):
         return f"HTTP {e.status}"
+    if _is_proxy_error(e):  # their messages are the library's; keep only the kind and code
+        code = getattr(e, "error_code", None)
+        return f"SOCKS {type(e).__name__}" + (f" (code {code})" if code is not None else "")
+    if isinstance(e, OSError) and e.strerror:
+        return f"{type(e).__name__} ({e.strerror})"
     return type(e).__name__
