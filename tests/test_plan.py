@@ -95,3 +95,49 @@ def test_parse_size(text, value):
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+# -- AutoWindow: fed synthetic links, no sockets --------------------------------
+
+def simulate(per_conn: float, link: float, ticks: int = 60, ceiling: int = 8, push_back_at=()):
+    from rangestream.plan import AutoWindow
+    w = AutoWindow(start=2, ceiling=ceiling)
+    sizes = []
+    for i in range(ticks):
+        now = i * 0.1
+        if i in push_back_at:
+            w.push_back(now)
+        rate = min(w.size * per_conn, link)
+        sizes.append(w.observe(now, rate, reading=w.size))
+    return sizes
+
+
+def test_auto_window_finds_the_link():
+    sizes = simulate(per_conn=16e6, link=64e6)
+    assert sizes[0] == 2 and max(sizes) <= 8
+    assert sizes[-1] == 4  # 4 x 16 MB/s fills 64 MB/s; more did not pay and was given back
+    assert sizes.index(4) <= 5  # within about half a second
+
+
+def test_auto_window_grows_to_the_ceiling_when_every_connection_adds():
+    assert simulate(per_conn=1e6, link=1e9)[-1] == 8
+    assert simulate(per_conn=1e6, link=1e9, ceiling=5)[-1] == 5
+
+
+def test_auto_window_stays_small_when_one_connection_fills_the_link():
+    sizes = simulate(per_conn=100e6, link=100e6)
+    assert sizes[-1] <= 2
+
+
+def test_auto_window_halves_on_push_back_and_stops_doubling():
+    sizes = simulate(per_conn=1e6, link=1e9, push_back_at=(30,))
+    assert sizes[30] == sizes[29] // 2
+    # afterwards it only probes one connection at a time
+    assert all(b - a <= 1 for a, b in zip(sizes[30:], sizes[31:]))
+
+
+def test_auto_window_ignores_samples_while_not_every_slot_reads():
+    from rangestream.plan import AutoWindow
+    w = AutoWindow(start=2, ceiling=8)
+    for i in range(20):
+        assert w.observe(i * 0.1, 1e6, reading=1) == 2  # the consumer, not the network, is the limit

@@ -90,6 +90,8 @@ class Stats:
     buffered_peak: int = 0  # most body bytes held for the consumer at once
     window_max: int = 0
     window_samples: list[int] = field(default_factory=list)
+    # (seconds since start, MB/s over the last tick, window) every tick of the controller
+    timeline: list[tuple[float, float, int]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     traces: list[ChunkTrace] = field(default_factory=list)
@@ -103,7 +105,8 @@ class Stats:
         return sum(self.window_samples) / len(self.window_samples) if self.window_samples else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("traces", "window_samples", "started", "finished")}
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("traces", "window_samples", "timeline", "started", "finished")}
         d["seconds"] = round(self.seconds, 3)
         d["window_mean"] = round(self.window_mean, 2)
         return d
@@ -114,7 +117,7 @@ class _Slot:
 
     __slots__ = ("index", "range", "pos", "out", "pieces", "buffered", "finished", "error", "wakeup",
                  "task", "request_timeout", "prefetch_cut", "trace", "reading_since", "read_from",
-                 "last_rate", "urgent")
+                 "last_rate", "urgent", "ending")
 
     def __init__(self, index: int, rng: ByteRange, wakeup: asyncio.Event) -> None:
         self.index = index
@@ -134,6 +137,7 @@ class _Slot:
         self.read_from = rng.start  # ...at this byte
         self.last_rate: float | None = None  # of the previous attempt's body
         self.urgent = False  # split off the head: reads past the budget (it is at most half a chunk)
+        self.ending = False  # its body is due within about one first-byte delay
 
     def rate(self, now: float) -> float | None:
         """Body bytes/s of the current attempt (or the last one once it ended)."""
@@ -162,7 +166,9 @@ class Stream:
     ``window``: requests in flight (an int, or ``"auto"`` to adapt up to ``ceiling``).
     ``max_buffer``: bytes that chunks other than the current one may read ahead;
     default 0 for ``window <= 2`` (the seed's headers-only prefetch), else
-    ``(window - 1) * chunk_size`` (``3 * chunk_size`` for ``"auto"``).
+    ``(window - 1) * chunk_size`` (for ``"auto"`` it follows the current window:
+    in-order delivery from K connections that share a link needs about K - 1
+    chunks of slack, or the head blocks the rest).
     ``ranges``: fetch only these ``(start, stop)`` spans, in order (resuming a file).
     ``expect_validators``: ``{"etag": ..., "last_modified": ...}`` the object must
     still have (a resume); otherwise :class:`ObjectChangedError`.
@@ -183,7 +189,7 @@ class Stream:
         if window == "auto":
             self._auto = AutoWindow(start=min(2, ceiling), ceiling=ceiling)
             window = self._auto.size
-            default_buffer = 3 * chunk_size
+            default_buffer = (window - 1) * chunk_size
         elif isinstance(window, int) and not isinstance(window, bool) and window >= 1:
             default_buffer = 0 if window <= 2 else (window - 1) * chunk_size
         else:
@@ -195,6 +201,7 @@ class Stream:
         self._chunk_size = chunk_size
         self._window = window
         self._max_buffer = default_buffer if max_buffer is None else max_buffer
+        self._auto_budget = self._auto is not None and max_buffer is None
         self._retry = retry or Retry()
         self._timeouts = timeouts or Timeouts()
         self._refresh_hook = refresh
@@ -232,6 +239,7 @@ class Stream:
         self._unordered = False
         self._any_piece = asyncio.Event()  # unordered mode: every slot wakes the consumer
         self._tg: asyncio.TaskGroup | None = None
+        self._ttfb: float | None = None  # smoothed request -> headers delay
         self._stopping = False
         self._entered = False
         self._iterated = False
@@ -428,17 +436,28 @@ class Stream:
         return ByteRange(span.start, stop)
 
     def _fill_window(self) -> None:
+        """Start chunks while fewer than ``window`` requests are running.
+
+        A slot that finished reading (its bytes wait for the consumer) or is
+        about to (``ending``: due within one first-byte delay) no longer counts,
+        so the next request's round trip overlaps the end of the previous body.
+        Slots waiting for the consumer are bounded by the read-ahead budget.
+        """
         assert self._tg is not None
-        while len(self._order) < self._window and not self._stopping:
+        most = self._window + self._max_buffer // self._chunk_size + 1
+        while not self._stopping and len(self._order) < most:
+            if sum(1 for s in self._order if not s.finished and not s.ending) >= self._window:
+                break
             if not self._size_known.is_set() and self._next_index > 0:
                 return  # size still unknown: only the probe may run
             rng = self._plan_next()
             if rng is None:
                 break
             self._add_slot(rng, len(self._order))
-        n = len(self._order)
-        self.stats.window_samples.append(n)
+        n = self.active
         self.stats.window_max = max(self.stats.window_max, n)
+        if self._auto is None and self._window <= 2:
+            self.stats.window_samples.append(n)  # no controller to sample over time
 
     def _add_slot(self, rng: ByteRange, position: int) -> _Slot:
         assert self._tg is not None
@@ -507,22 +526,37 @@ class Stream:
         """Every tick: feed the auto window, and split the slowest remainder when it pays."""
         loop = asyncio.get_running_loop()
         last_t, last_bytes = loop.time(), self._read_total
+        self._t0 = last_t
         while (self._order or self._spans) and not self._stopping:
             await asyncio.sleep(_TICK)
             now = loop.time()
             rate = (self._read_total - last_bytes) / max(now - last_t, 1e-6)
             last_t, last_bytes = now, self._read_total
             reading = sum(1 for s in self._order if s.reading_since is not None and not s.finished)
+            self.stats.window_samples.append(self.active)
+            self.stats.timeline.append((round(now - self._t0, 2), round(rate / 1e6, 1), self._window))
+            ttfb = self._ttfb or 0.0
+            for s in self._order:
+                r = s.rate(now)
+                if r and s.reading_since is not None and s.range.stop is not None and not s.ending:
+                    s.ending = (s.range.stop - s.pos) / r < ttfb + _TICK
+            self._fill_window()
             if self._auto is not None:
-                size = self._auto.observe(now, rate, reading)
-                if size != self._window:
-                    self._window = size
-                    self._fill_window()
+                self._set_window(self._auto.observe(now, rate, reading))
             self._maybe_split(now)
 
     def push_back(self) -> None:
         if self._auto is not None:
-            self._window = self._auto.push_back(asyncio.get_running_loop().time())
+            self._set_window(self._auto.push_back(asyncio.get_running_loop().time()))
+
+    def _set_window(self, size: int) -> None:
+        if size == self._window:
+            return
+        self._window = size
+        if self._auto_budget:
+            self._max_buffer = (size - 1) * self._chunk_size
+            self._notify()  # readers waiting on the budget may proceed
+        self._fill_window()
 
     def _maybe_split(self, now: float) -> None:
         """Move the back half of a slow remainder onto a new connection.
@@ -622,6 +656,8 @@ class Stream:
             slot.trace.done = time.monotonic()
             slot.wakeup.set()
             self._size_known.set()
+            if not self._stopping and slot.error is None:
+                self._fill_window()  # a request slot is free: do not wait for the consumer
 
     async def _fetch_chunk(self, slot: _Slot) -> None:
         counted = 0  # failures charged to this chunk (only while it is the head)
@@ -688,6 +724,7 @@ class Stream:
         if slot.trace.requested is None:
             slot.trace.requested = time.monotonic()
         transport = self._client._transport
+        sent = time.monotonic()
         try:
             async with asyncio.timeout(self._timeouts.request) as cm:
                 slot.request_timeout = cm
@@ -699,7 +736,11 @@ class Stream:
             slot.request_timeout = None
         try:
             body_start, body_stop = self._check_response(slot, resp, want)
-            slot.trace.headers = time.monotonic()
+            slot.trace.headers = now = time.monotonic()
+            if self._ttfb is None:
+                self._ttfb = now - sent
+            else:
+                self._ttfb = 0.8 * self._ttfb + 0.2 * (now - sent)
             slot.trace.prefetched = not self._is_head(slot)
             await self._read_body(slot, resp, body_start, body_stop)
         finally:

@@ -144,7 +144,7 @@ class AutoWindow:
     """
 
     def __init__(self, start: int = 2, ceiling: int = 8, *, gain: float = 1.25,
-                 settle: float = 0.25, probe_every: float = 2.0) -> None:
+                 settle: float = 0.05, probe_every: float = 2.0) -> None:
         if not 1 <= start <= ceiling:
             raise ValueError("need 1 <= start <= ceiling")
         self.size = start
