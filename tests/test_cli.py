@@ -214,7 +214,7 @@ USAGE_CASES = [
     (["get", "example.com/video.mp4"], "bad URL example.com/video.mp4"),
     (["get", "http://h:99999/"], "bad URL"),
     (["get", "http://u:secret@/x"], "bad URL http://REDACTED@/x: no host"),
-    (["get", "http://x/", "--proxy", "socks5://p:1080"], "bad proxy URL"),
+    (["get", "http://x/", "--proxy", "ftp://p:21"], "bad proxy URL"),
     ([], "usage: rangestream"),
 ]
 

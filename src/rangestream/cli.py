@@ -84,6 +84,7 @@ ENV_VARS = {
     "RANGESTREAM_WINDOW": "default for --window",
     "RANGESTREAM_RETRIES": "default for --retries",
     "RANGESTREAM_TIMEOUT": "default for --timeout",
+    "RANGESTREAM_COOKIES": "default for --cookies",
     "NO_COLOR": "disables colours in the progress display",
 }
 
@@ -156,6 +157,9 @@ def check_url(url: str) -> str:
     return url
 
 
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
+
+
 def check_proxy(proxy: str | None) -> str | None:
     if not proxy:
         return None
@@ -164,8 +168,9 @@ def check_proxy(proxy: str | None) -> str | None:
         parts.port
     except ValueError as e:
         raise UsageError(f"bad proxy URL {redact_url(proxy)}: {e}") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"bad proxy URL {redact_url(proxy)}: use http://[user:pass@]host:port")
+    if parts.scheme.lower() not in PROXY_SCHEMES or not parts.hostname:
+        raise UsageError(f"bad proxy URL {redact_url(proxy)}: use SCHEME://[user:pass@]host:port with "
+                         f"SCHEME one of {', '.join(PROXY_SCHEMES)}")
     return proxy
 
 
@@ -229,6 +234,16 @@ def _seconds_arg(text: str, *, allow_zero: bool = False) -> float:
     return value
 
 
+def _rate_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text!r}")
+    return value
+
+
 def _backoff_arg(text: str) -> float:
     return _seconds_arg(text, allow_zero=True)
 
@@ -263,6 +278,7 @@ def _apply_env(args: argparse.Namespace) -> None:
     _from_env(args, "retries", "RANGESTREAM_RETRIES", _count_arg, 3)
     _from_env(args, "timeout", "RANGESTREAM_TIMEOUT", _seconds_arg, 30.0)
     _from_env(args, "proxy", "RANGESTREAM_PROXY", str, None)
+    _from_env(args, "cookies", "RANGESTREAM_COOKIES", str, None)
     args.proxy = check_proxy(args.proxy)
 
 
@@ -279,13 +295,57 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["ceiling"] = args.max_window
     if args.max_buffer is not None:
         opts["max_buffer"] = args.max_buffer
+    if getattr(args, "_refresh", None) is not None:
+        opts["refresh"] = args._refresh
     return opts
 
 
 def make_client(args: argparse.Namespace):
+    """The engine's Client from the flags; configuration it refuses is a usage error (exit 2)."""
     from .client import Client
 
-    return Client(headers=dict(args.header or []), proxy=args.proxy)
+    kw: dict[str, Any] = {"headers": dict(args.header or []), "proxy": args.proxy}
+    if getattr(args, "cookies", None):
+        kw["cookies_file"] = args.cookies
+    if getattr(args, "requests_per_second", None):
+        kw["requests_per_second"] = args.requests_per_second
+    try:
+        return Client(**kw)
+    except (InvalidURLError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    except RangestreamError as e:  # an unreadable cookies file, SOCKS support not installed
+        raise UsageError(str(e)) from None
+
+
+def refresh_hook(command: str | None, display: Display):
+    """``--refresh-command``: a shell command printing a fresh URL (e.g. ``yt-dlp -g -f 137 ID``),
+    run when the CDN says the URL expired (401/403)."""
+    if not command:
+        return None
+
+    async def refresh(old_url: str) -> str:
+        display.note(f"{PROG}: the URL expired; running --refresh-command for a fresh one")
+        env = {**os.environ, "RANGESTREAM_EXPIRED_URL": old_url}
+        proc = await asyncio.create_subprocess_shell(
+            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RangestreamError("--refresh-command timed out after 120 s") from None
+        if proc.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:]
+            raise RangestreamError(f"--refresh-command exited with {proc.returncode}"
+                                   + (f": {tail[0][:200]}" if tail else ""))
+        for line in out.decode(errors="replace").splitlines():
+            line = line.strip()
+            if line.lower().startswith(("http://", "https://")):
+                return line
+        raise RangestreamError("--refresh-command printed no http(s) URL")
+
+    return refresh
 
 
 # -- the display -----------------------------------------------------------------------
@@ -1429,7 +1489,16 @@ def _network_options(p: argparse.ArgumentParser) -> None:
                    help="how long a prefetched request may still wait for headers once it is needed (default 5)")
     g.add_argument("-H", "--header", type=_header_arg, action="append", metavar="'NAME: VALUE'",
                    help="extra request header (repeatable)")
-    g.add_argument("--proxy", metavar="URL", help="http(s) proxy, http://[user:pass@]host:port ($RANGESTREAM_PROXY)")
+    g.add_argument("--proxy", metavar="URL",
+                   help="proxy: http://, https://, socks5://, socks5h://, socks4://, socks4a:// "
+                        "[user:pass@]host:port ($RANGESTREAM_PROXY)")
+    g.add_argument("--cookies", metavar="FILE",
+                   help="Netscape-format cookies file, as yt-dlp --cookies or curl -c write ($RANGESTREAM_COOKIES)")
+    g.add_argument("--requests-per-second", type=_rate_arg, metavar="N",
+                   help="at most N request starts per second per host (default: no limit)")
+    g.add_argument("--refresh-command", metavar="CMD",
+                   help="shell command that prints a fresh URL when the CDN says the URL expired (401/403), "
+                        "e.g. 'yt-dlp -g -f 137 https://youtu.be/ID'; the old one is in $RANGESTREAM_EXPIRED_URL")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -1520,6 +1589,7 @@ def main(argv: list[str] | None = None) -> int:
     display = Display(console, quiet=getattr(args, "quiet", False))
     summary = Summary(command=args.command)
     if args.command in ("get", "mux"):
+        args._refresh = refresh_hook(args.refresh_command, display)
         try:
             _apply_env(args)
         except UsageError as e:
