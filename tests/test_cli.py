@@ -231,14 +231,15 @@ def test_usage_errors_in_process(argv, message, capsys, tmp_path, monkeypatch):
 
 
 async def test_bad_flags_and_urls_exit_2_as_a_user_sees_them(tmp_path):
-    cases = [USAGE_CASES[0], USAGE_CASES[1], USAGE_CASES[6], USAGE_CASES[-1]]
-    results = await asyncio.gather(*(run(*args, cwd=tmp_path) for args, _ in cases))
+    cases = [USAGE_CASES[0], USAGE_CASES[6], (["get", "http://x/"], "RANGESTREAM_RETRIES='many'")]
+    results = await asyncio.gather(*(run(*args, cwd=tmp_path, env=_env(RANGESTREAM_RETRIES="many"))
+                                     for args, _ in cases[2:]),
+                                   *(run(*args, cwd=tmp_path) for args, _ in cases[:2]))
+    results = results[1:] + results[:1]
     for (args, message), (rc, out, err) in zip(cases, results):
         assert rc == 2, (args, err)
         assert message in err, (args, err)
         assert out == b"" and "Traceback" not in err
-    rc, _, err = await run("get", "http://x/", env=_env(RANGESTREAM_RETRIES="many"), cwd=tmp_path)
-    assert rc == 2 and "RANGESTREAM_RETRIES='many'" in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -320,3 +321,88 @@ async def test_origin_subcommand_serves(tmp_path):
     finally:
         proc.terminate()
         await proc.wait()
+
+
+# -- transfer flags ------------------------------------------------------------------------------
+
+
+async def test_flags_reach_the_wire_headers_cookies_proxy_env(tmp_path):
+    from aiohttp import web
+
+    payload = os.urandom(300 * KB)
+    seen: list[dict[str, str]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.headers))
+        a, _, b = request.headers["Range"].removeprefix("bytes=").partition("-")
+        start, stop = int(a), min(int(b) + 1, len(payload))
+        return web.Response(status=206, body=payload[start:stop],
+                            headers={"Content-Range": f"bytes {start}-{stop - 1}/{len(payload)}"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/f.bin"
+    (tmp_path / "cookies.txt").write_text(
+        "# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tSID\tcookie-value\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_proxy = f"http://user:pw-secret@127.0.0.1:{s.getsockname()[1]}"
+    try:
+        (rc, out, err), (rc_p, out_p, err_p) = await asyncio.gather(
+            run("get", url, "-o", "-", "-q", "--chunk-size", "100K", "--window", "2",
+                "--header", "X-Token: abc", "-H", "User-Agent: rs-test/1", "--cookies", "cookies.txt", cwd=tmp_path),
+            run("get", url, "-o", "-", "--retries", "0", cwd=tmp_path, env=_env(RANGESTREAM_PROXY=dead_proxy)))
+    finally:
+        await runner.cleanup()
+    assert rc == 0 and out == payload, err
+    assert len(seen) >= 3
+    for h in seen:
+        assert h["X-Token"] == "abc" and h["User-Agent"] == "rs-test/1" and h["Cookie"] == "SID=cookie-value"
+        assert h["Accept-Encoding"] == "identity"
+    assert rc_p == 3 and out_p == b"", err_p  # the proxy from the environment was used...
+    assert "proxy" in err_p and "pw-secret" not in err_p  # ...and its password never shown
+
+
+async def test_retries_are_reported_and_expired_urls_refreshed_by_command(origin, tmp_path):
+    size = 600 * KB
+    origin.inject("503", name="flaky", count=2)
+    expired = origin.url(size, "exp", youtube=True, expire=time.time() - 60)
+    fresh = origin.url(size, "exp", youtube=True, expire=time.time() + 3600)
+    (rc, out, err), (rc_r, out_r, err_r) = await asyncio.gather(
+        run("get", origin.url(size, "flaky"), "-o", "-", "--backoff", "0.01", "--window", "1", "--json",
+            cwd=tmp_path),
+        run("get", expired, "-o", "-", "--json", "--refresh-command", f"echo '{fresh}'", cwd=tmp_path))
+    assert rc == 0 and out == origin.content("flaky", size), err
+    assert "warning: chunk 0 at byte 0: HTTP 503; retry 1/3" in err
+    assert last_json(err)["retries"] == 2
+    assert rc_r == 0 and out_r == origin.content("exp", size), err_r
+    assert "the URL expired; running --refresh-command" in err_r
+    assert last_json(err_r)["refreshes"] == 1
+    assert "sig=REDACTED" in last_json(err_r)["url"]
+
+
+@pytest.mark.skipif(not __import__("rangestream.cli", fromlist=["mux_available"]).mux_available(),
+                    reason="rangestream.mux not available")
+async def test_mux_subcommand_to_file_and_stdout(origin, tmp_path):
+    av = pytest.importorskip("av")
+    from rangestream.media import generate_clip
+
+    video = await asyncio.to_thread(generate_clip, "h264-fmp4", 2.0)
+    audio = await asyncio.to_thread(generate_clip, "aac-fmp4", 2.0)
+    vurl = origin.add_object("v", video, "video/mp4")
+    aurl = origin.add_object("a", audio, "audio/mp4")
+    (rc, _, err), (rc_s, out_s, err_s), (rc_404, _, err_404) = await asyncio.gather(
+        run("mux", vurl, aurl, "-o", "out.mp4", "--json", cwd=tmp_path),
+        run("mux", vurl, aurl, "-o", "-", "--format", "mkv", "-q", cwd=tmp_path),
+        run("mux", f"{origin.base_url}/media/none", aurl, "-o", "bad.mp4", cwd=tmp_path))
+    assert rc == 0, err
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert sorted(s.type for s in c.streams) == ["audio", "video"]
+    summary = last_json(err)
+    assert summary["bytes"] == len(video) + len(audio) and summary["codecs"] == {"video": "h264", "audio": "aac"}
+    assert rc_s == 0 and out_s[:4] == b"\x1a\x45\xdf\xa3" and err_s == "", err_s  # Matroska on stdout
+    assert rc_404 == 4 and "video" in err_404 and "404" in err_404, err_404
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no .part left by the failed one

@@ -1212,10 +1212,10 @@ async def _download_into(ctx: Context, client, url: str, part: PartFile,
                                        f"({part.spans.as_list()[:4]}...)")
             part.finish()
         finally:
-            summary.bytes += part.written
-            summary.add_stats(stream)
+            await stream.__aexit__(None, None, None)
     finally:
-        await stream.__aexit__(None, None, None)
+        summary.bytes += part.written
+        summary.add_stats(stream)
     return None
 
 
