@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -716,13 +717,24 @@ class PartFile:
     # opening -----------------------------------------------------------------------------
     def open(self, *, fresh: bool) -> None:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        if fresh:
-            flags |= os.O_TRUNC
         try:
             self.fd = os.open(self.path, flags, 0o644)
         except OSError as e:
             raise local_io_error(e, self.path, "open") from e
+        try:
+            # Two runs writing one FILE.part would corrupt each other's sidecar: refuse the second.
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise RangestreamError(f"{self.path} is being written by another rangestream right now") from None
+        except OSError:
+            pass  # a filesystem without locks: go on
         if fresh:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError as e:
+                raise local_io_error(e, self.path, "truncate") from e
             self.spans = Spans()
             self.written = 0
             with contextlib.suppress(FileNotFoundError):
