@@ -179,12 +179,19 @@ class AiohttpTransport:
                 raise InvalidURLError(f"invalid URL {redact_url(url)}: {_describe(e)}") from None
             except asyncio.TimeoutError as e:
                 raise TransientError(f"timed out waiting for the server{self._via()}") from e
-            except (aiohttp.ClientError, OSError) as e:
+            except aiohttp.ClientHttpProxyError as e:
+                if e.status == 407:
+                    raise _proxy_auth_failed(self._proxy) from None
+                raise TransientError(f"request failed: {_describe(e)}{self._via()}") from e
+            except (aiohttp.ClientError, OSError, EOFError) as e:
                 raise TransientError(f"request failed: {_describe(e)}{self._via()}") from e
             except Exception as e:
                 if _is_proxy_error(e):  # aiohttp-socks: proxy unreachable, refused, failed auth, timeout
                     raise TransientError(f"request failed: {_describe(e)}{self._via()}") from e
                 raise
+            if resp.status == 407 and http_proxy is not None:  # a forward proxy's own answer
+                _AiohttpResponse(resp).close()
+                raise _proxy_auth_failed(self._proxy)
             location = resp.headers.get("Location")
             if resp.status not in _REDIRECTS or not location:
                 return _AiohttpResponse(resp)
@@ -246,13 +253,20 @@ def _parse_proxy(proxy: str) -> tuple[Any, ...] | None:
     return getattr(ProxyType, kind), host, port or 1080, user, password, rdns
 
 
+def _proxy_auth_failed(proxy: str | None) -> RangestreamError:
+    # Not worth retrying: the same credentials will be refused again.
+    return RangestreamError(f"the proxy refused the credentials (HTTP 407; via proxy {redact_url(proxy)})")
+
+
 def _is_proxy_error(e: BaseException) -> bool:
     try:
         import aiohttp_socks
+        from python_socks import _errors as socks_errors
     except ImportError:
         return False
     return isinstance(e, (aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError,
-                          aiohttp_socks.ProxyTimeoutError))
+                          aiohttp_socks.ProxyTimeoutError, socks_errors.ProxyException,
+                          socks_errors.IncompleteReadError))
 
 
 def _describe(e: BaseException) -> str:
