@@ -276,9 +276,9 @@ async def test_expired_url_is_refreshed_through_the_hook(origin):
 
 
 async def test_expiry_mid_download_continues_from_byte_reached(origin):
-    origin.profile = Profile(rate=1_000_000)
+    origin.profile = Profile(rate=500_000)  # 4 chunks of 0.2 s each: the URL expires part-way
     size = 400 * KB
-    url = origin.url(size, "mid", youtube=True, expire=time.time() + 0.15)
+    url = origin.url(size, "mid", youtube=True, expire=time.time() + 0.3)
 
     async def refresh(old: str) -> str:
         return origin.url(size, "mid", youtube=True, expire=time.time() + 3600)

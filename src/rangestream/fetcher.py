@@ -88,7 +88,8 @@ class Stats:
     chunks: int = 0
     splits: int = 0  # remainders moved to another connection (tail or straggler)
     buffered_peak: int = 0  # most body bytes held for the consumer at once
-    window_max: int = 0
+    window_max: int = 0  # largest window the stream ran with (auto: what the controller chose)
+    connections_max: int = 0  # most requests in flight at once (window + early next requests + splits)
     window_samples: list[int] = field(default_factory=list)
     # (seconds since start, MB/s over the last tick, window) every tick of the controller
     timeline: list[tuple[float, float, int]] = field(default_factory=list)
@@ -455,7 +456,8 @@ class Stream:
                 break
             self._add_slot(rng, len(self._order))
         n = self.active
-        self.stats.window_max = max(self.stats.window_max, n)
+        self.stats.window_max = max(self.stats.window_max, self._window)
+        self.stats.connections_max = max(self.stats.connections_max, n)
         if self._auto is None and self._window <= 2:
             self.stats.window_samples.append(n)  # no controller to sample over time
 
