@@ -257,15 +257,15 @@ async def test_network_and_http_failures_have_their_exit_codes(origin, tmp_path)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    fast = ["--retries", "1", "--backoff", "0.01", "-o", "out.bin"]
+    fast = ["--retries", "1", "--backoff", "0.01"]
     cases = [
         (f"http://127.0.0.1:{closed_port}/x", 3, "cannot connect to 127.0.0.1"),
         (f"{origin.base_url}/media/missing", 4, "not found: HTTP 404"),
         (origin.url(10 * KB, "old", youtube=True, expire=time.time() - 60), 4, "expired"),
         (origin.url(3 * MB, "flip", changed_after=2), 5, "object changed"),
     ]
-    results = await asyncio.gather(*(run("get", url, *fast, "--chunk-size", "256K", "--window", "1",
-                                         cwd=tmp_path) for url, _, _ in cases))
+    results = await asyncio.gather(*(run("get", url, *fast, "-o", f"out{i}.bin", "--chunk-size", "256K",
+                                         "--window", "1", cwd=tmp_path) for i, (url, _, _) in enumerate(cases)))
     for (url, code, message), (rc, out, err) in zip(cases, results):
         assert rc == code, (url, err)
         assert message in err, (url, err)
