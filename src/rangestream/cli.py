@@ -457,6 +457,9 @@ class Display:
         self._task = None
 
 
+_TRAILING_URL = re.compile(r" \((?:https?://)[^()\s]*\)$")
+
+
 class _LogHandler(logging.Handler):
     """Engine log records (retries, refreshes) printed above the progress bar."""
 
@@ -469,6 +472,8 @@ class _LogHandler(logging.Handler):
             msg = record.getMessage()
         except Exception:  # noqa: BLE001
             return
+        # The engine ends retry warnings with the (redacted) URL: one URL per command, already known.
+        msg = _TRAILING_URL.sub("", msg)
         if record.levelno >= logging.WARNING:
             self.display.warn(msg)
         else:
