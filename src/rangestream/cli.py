@@ -532,6 +532,7 @@ class Summary:
     window: int | str | None = None
     window_max: int = 0
     window_mean: float = 0.0
+    connections_max: int = 0
     splits: int = 0
     sha256: str | None = None
     restarted: str | None = None  # why a resume started over
@@ -546,6 +547,7 @@ class Summary:
         self.retries += s.retries
         self.refreshes += s.refreshes
         self.window_max = max(self.window_max, s.window_max)
+        self.connections_max = max(self.connections_max, getattr(s, "connections_max", 0))
         self.window_mean = round(s.window_mean, 2) if s.window_samples else self.window_mean
         self.splits += getattr(s, "splits", 0)
 
@@ -568,6 +570,7 @@ class Summary:
             "window": self.window,
             "window_max": self.window_max,
             "window_mean": self.window_mean,
+            "connections_max": self.connections_max,
             "splits": self.splits,
         }
         if self.sha256 is not None:
