@@ -19,6 +19,7 @@ from .errors import (
     URLExpiredError,
 )
 from .fetcher import ChunkTrace, Stats, Stream
+from .mux import MuxResult, mux, mux_urls
 from .plan import DEFAULT_CHUNK_SIZE, ByteRange
 from .retry import Retry, Timeouts
 
@@ -43,4 +44,7 @@ __all__ = [
     "ObjectChangedError",
     "TransientError",
     "MuxError",
+    "mux",
+    "mux_urls",
+    "MuxResult",
 ]

@@ -1250,16 +1250,8 @@ def _sha256_file(path: str) -> str:
 # -- mux -------------------------------------------------------------------------------------
 
 
-def mux_available() -> bool:
-    try:
-        from . import mux as _mux  # noqa: F401
-    except Exception:  # noqa: BLE001 - PyAV missing or the module mid-edit
-        return False
-    return hasattr(_mux, "mux") and hasattr(_mux, "mux_urls")
-
-
 async def run_mux(ctx: Context) -> int:
-    from . import mux as muxmod
+    from .mux import mux as mux_streams  # PyAV loads only for this subcommand
 
     args, display, summary = ctx.args, ctx.display, ctx.summary
     video_url, audio_url = check_url(args.video_url), check_url(args.audio_url)
@@ -1305,7 +1297,7 @@ async def run_mux(ctx: Context) -> int:
                                retries=v.stats.retries + a.stats.retries)
 
             async with ticking(tick):
-                result = await muxmod.mux(v, a, sink, fmt)
+                result = await mux_streams(v, a, sink, fmt)
             display.stop()
         if sink != "-":
             try:
@@ -1559,18 +1551,17 @@ def build_parser() -> argparse.ArgumentParser:
     _network_options(get)
     _output_options(get)
 
-    if mux_available():
-        mux = sub.add_parser(
-            "mux", help="fetch a video and an audio URL and mux them into one file", formatter_class=_Formatter,
-            description="Fetch VIDEO_URL and AUDIO_URL at once and stream-copy them into one container "
-                        "(fragmented MP4, MKV or WebM), never re-encoding.", epilog=_epilog())
-        mux.add_argument("video_url", metavar="VIDEO_URL")
-        mux.add_argument("audio_url", metavar="AUDIO_URL")
-        mux.add_argument("-o", "--output", metavar="FILE|-", help="out.mp4, out.mkv, out.webm, or - for stdout")
-        mux.add_argument("--format", choices=["mp4", "mkv", "webm"], help="container (default: from FILE's extension; mp4 for -)")
-        mux.add_argument("--force", action="store_true", help="overwrite FILE; allow binary output to a terminal")
-        _network_options(mux)
-        _output_options(mux)
+    mux = sub.add_parser(
+        "mux", help="fetch a video and an audio URL and mux them into one file", formatter_class=_Formatter,
+        description="Fetch VIDEO_URL and AUDIO_URL at once and stream-copy them into one container "
+                    "(fragmented MP4, MKV or WebM), never re-encoding.", epilog=_epilog())
+    mux.add_argument("video_url", metavar="VIDEO_URL")
+    mux.add_argument("audio_url", metavar="AUDIO_URL")
+    mux.add_argument("-o", "--output", metavar="FILE|-", help="out.mp4, out.mkv, out.webm, or - for stdout")
+    mux.add_argument("--format", choices=["mp4", "mkv", "webm"], help="container (default: from FILE's extension; mp4 for -)")
+    mux.add_argument("--force", action="store_true", help="overwrite FILE; allow binary output to a terminal")
+    _network_options(mux)
+    _output_options(mux)
 
     sub.add_parser("origin", help="run the emulated CDN (rangestream origin --help for its flags)",
                    add_help=False)

@@ -176,7 +176,8 @@ def _bars(title: str, rows: list[tuple[str, float, str]], scale: float, style: s
 
 
 async def _mux_demo(ctx: Context, console: Console, out: str, chunk_size: int) -> int:
-    from . import media, mux
+    from . import media
+    from .mux import mux_urls
     from .origin import Origin
 
     display = ctx.display
@@ -194,7 +195,7 @@ async def _mux_demo(ctx: Context, console: Console, out: str, chunk_size: int) -
         aurl = origin.media_url("demo-audio", youtube=True)
         started = time.monotonic()
         try:
-            result = await mux.mux_urls(vurl, aurl, part, "mp4", chunk_size=chunk_size, window="auto")
+            result = await mux_urls(vurl, aurl, part, "mp4", chunk_size=chunk_size, window="auto")
             os.replace(part, out)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -268,15 +269,7 @@ async def run_demo(ctx: Context) -> int:
         return EXIT_FAILURE
 
     if not args.no_mux:
-        from .cli import mux_available
-
-        media_ok = False
-        with contextlib.suppress(Exception):
-            from . import media
-
-            media_ok = hasattr(media, "generate_clip")
-        if mux_available() and media_ok:
-            console.print()
-            return await _mux_demo(ctx, console, args.out, chunk_size)
+        console.print()
+        return await _mux_demo(ctx, console, args.out, chunk_size)
     ctx.summary.ok = True
     return EXIT_OK

@@ -336,7 +336,7 @@ class Stream:
     def _raise_for(self, slot: _Slot) -> None:
         err = slot.error
         assert err is not None
-        err.offset = self._delivered if not self._unordered else slot.out
+        err.offset = self._delivered  # unordered: bytes delivered, wherever they were
         err.size = self.size
         raise err
 
