@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import rangestream
 from rangestream import Retry
@@ -123,3 +124,22 @@ async def test_client_limit_per_host_caps_connections(origin):
             data = b"".join([p async for p in stream])
     assert data == origin.content("lim", 3 * MB)
     assert overlap(origin.log) <= 2
+
+
+async def test_stalled_connection_is_reissued_while_others_flow(origin):
+    # The idle timeout (20 s) is sized for a lone connection; beside flowing peers a
+    # silent one is recognised within about a second and its range re-issued, uncounted.
+    origin.profile = Profile(rate=2 * MB, stall_seconds=15)
+    size, chunk = 4 * MB, 500 * KB
+    origin.inject("stall", name="stall", start=chunk, at=100 * KB)
+    t = time.monotonic()
+    async with rangestream.open_stream(origin.url(size, "stall", youtube=True), chunk_size=chunk, window=4,
+                                       retry=Retry(attempts=0, backoff=0.001)) as stream:
+        data = b"".join([p async for p in stream])
+    assert data == origin.content("stall", size)
+    assert time.monotonic() - t < 6
+    assert stream.stats.reissues == 1
+    stalled = [r for r in origin.log if r.fault == "stall"]
+    assert len(stalled) == 1 and stalled[0].bytes_sent == 100 * KB
+    resumed = [r for r in origin.log if r.range == f"bytes={chunk + 100 * KB}-{2 * chunk - 1}"]
+    assert len(resumed) == 1  # the re-issue resumed from the byte reached

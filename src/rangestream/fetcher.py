@@ -87,6 +87,7 @@ class Stats:
     prefetch_misses: int = 0
     chunks: int = 0
     splits: int = 0  # remainders moved to another connection (tail or straggler)
+    reissues: int = 0  # stalled attempts abandoned while other connections flowed
     buffered_peak: int = 0  # most body bytes held for the consumer at once
     window_max: int = 0  # largest window the stream ran with (auto: what the controller chose)
     connections_max: int = 0  # most requests in flight at once (window + early next requests + splits)
@@ -118,7 +119,7 @@ class _Slot:
 
     __slots__ = ("index", "range", "pos", "out", "pieces", "buffered", "finished", "error", "wakeup",
                  "task", "request_timeout", "prefetch_cut", "trace", "reading_since", "read_from",
-                 "last_rate", "urgent", "ending")
+                 "last_rate", "urgent", "ending", "resp", "waiting_since", "reissue")
 
     def __init__(self, index: int, rng: ByteRange, wakeup: asyncio.Event) -> None:
         self.index = index
@@ -139,6 +140,9 @@ class _Slot:
         self.last_rate: float | None = None  # of the previous attempt's body
         self.urgent = False  # split off the head: reads past the budget (it is at most half a chunk)
         self.ending = False  # its body is due within about one first-byte delay
+        self.resp: Response | None = None  # the current attempt's response, once it has headers
+        self.waiting_since: float | None = None  # awaiting the socket since (None: not reading)
+        self.reissue = False  # the controller abandoned a stalled attempt: retry at once, free
 
     def rate(self, now: float) -> float | None:
         """Body bytes/s of the current attempt (or the last one once it ended)."""
@@ -545,6 +549,7 @@ class Stream:
             self._fill_window()
             if self._auto is not None:
                 self._set_window(self._auto.observe(now, rate, reading))
+            self._abandon_stalls(now, flowing=rate > 0)
             self._maybe_split(now)
 
     def push_back(self) -> None:
@@ -559,6 +564,22 @@ class Stream:
             self._max_buffer = (size - 1) * self._chunk_size
             self._notify()  # readers waiting on the budget may proceed
         self._fill_window()
+
+    def _abandon_stalls(self, now: float, flowing: bool) -> None:
+        """A connection silent for much longer than a round trip while others flow is
+        stalled, not slow: re-issue its remaining range instead of waiting out the idle
+        timeout (20 s by default, sized for a lone connection). Only with a controller
+        (window >= 3 or auto): a lone connection has nothing to be compared with."""
+        stall_after = max(1.0, 5 * (self._ttfb or 0.0))
+        waiting = [s for s in self._order if s.waiting_since is not None and s.resp is not None]
+        head = self._order[0] if self._order and not self._unordered else None
+        for s in waiting:
+            # The head qualifies alone: everything behind it waits on it, so no peer may be flowing.
+            if (flowing or s is head) and now - s.waiting_since > stall_after and not s.reissue:
+                log.info("chunk %d silent for %.1fs at byte %d while others flow: re-issuing", s.index,
+                         now - s.waiting_since, s.pos)
+                s.reissue = True
+                s.resp.close()  # the pending read fails; _fetch_chunk retries from s.pos
 
     def _maybe_split(self, now: float) -> None:
         """Move the back half of a slow remainder onto a new connection.
@@ -673,6 +694,10 @@ class Stream:
                     return
                 continue  # the server sent less than asked (some CDNs cap a range): ask for the rest
             except TransientError as e:
+                if slot.reissue:
+                    slot.reissue = False  # abandoned by the controller as stalled: not this chunk's fault
+                    self.stats.reissues += 1
+                    continue
                 if e.status in (429, 503):
                     self.push_back()
                 if slot.prefetch_cut or was_prefetch and not self._is_head(slot):
@@ -744,8 +769,11 @@ class Stream:
             else:
                 self._ttfb = 0.8 * self._ttfb + 0.2 * (now - sent)
             slot.trace.prefetched = not self._is_head(slot)
+            slot.resp = resp
             await self._read_body(slot, resp, body_start, body_stop)
         finally:
+            slot.resp = None
+            slot.waiting_since = None
             if slot.reading_since is not None:
                 slot.last_rate = slot.rate(time.monotonic())
                 slot.reading_since = None
@@ -822,7 +850,9 @@ class Stream:
                 return
             if not self._may_read(slot):
                 await self._wait_may_read(slot)
+            slot.waiting_since = time.monotonic()
             piece = await resp.read_piece()
+            slot.waiting_since = None  # blocked on the budget is not stalled
             if not piece:
                 if end is None:
                     slot.range = ByteRange(slot.range.start, pos)  # unknown size: EOF is the end
