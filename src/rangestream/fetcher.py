@@ -26,6 +26,7 @@ chunk is the head. A prefetch that fails (or that is still waiting for headers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -570,7 +571,7 @@ class Stream:
         stalled, not slow: re-issue its remaining range instead of waiting out the idle
         timeout (20 s by default, sized for a lone connection). Only with a controller
         (window >= 3 or auto): a lone connection has nothing to be compared with."""
-        stall_after = max(1.0, 5 * (self._ttfb or 0.0))
+        stall_after = max(0.5, 3 * (self._ttfb or 0.0))
         waiting = [s for s in self._order if s.waiting_since is not None and s.resp is not None]
         head = self._order[0] if self._order and not self._unordered else None
         for s in waiting:
@@ -708,7 +709,10 @@ class Stream:
                     uncounted += 1
                     self.stats.retries += 1
                     if was_prefetch and not self._is_head(slot):
-                        await asyncio.sleep(self._retry.delay(uncounted, e.retry_after))
+                        # Back off, but not past the moment the consumer needs this chunk.
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self._retry.delay(uncounted, e.retry_after)):
+                                await self._wait_head(slot)
                     continue
                 counted += 1
                 slot.trace.retries += 1

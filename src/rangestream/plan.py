@@ -137,7 +137,7 @@ class AutoWindow:
     Slow start: the window doubles while doubling still raises the aggregate
     rate by ``gain`` (per-connection caps make that common); when it stops
     paying, it falls back to the best size seen and afterwards probes one more
-    connection every ``probe_every`` seconds. Server push-back (429/503) halves it.
+    connection every ``probe_every`` seconds. Server push-back (429/503) takes one away.
     A sample only counts once the last change has settled (new connections
     need a round trip before their bytes flow) and while every slot of the
     window is actually reading; otherwise it says nothing about the network.
@@ -192,8 +192,10 @@ class AutoWindow:
         return self.size
 
     def push_back(self, now: float) -> int:
-        """The server said 429/503: fewer connections, and no doubling any more."""
+        """The server said 429/503: one connection fewer, no doubling any more, and no
+        probing for a while. Additive, not halving: a lossy CDN answers the odd 503
+        whatever the load, and halving on each would starve a healthy link."""
         self._slow_start = False
         self._prev = None
         self._next_probe = now + self.probe_every
-        return self._set(now, max(1, self.size // 2))
+        return self._set(now, max(1, self.size - 1))
