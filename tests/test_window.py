@@ -34,6 +34,11 @@ async def test_window_4_reads_bodies_in_parallel_and_stays_in_order(origin):
     assert data == origin.content("par", size)
     assert overlap(origin.log) >= 3  # bodies really flowed at once, on separate connections
     assert len({r.peer for r in origin.log}) >= 3
+    # the engine's own per-connection accounting agrees with the origin's
+    per_peer: dict[str, int] = {}
+    for r in origin.log:
+        per_peer[r.peer] = per_peer.get(r.peer, 0) + r.bytes_sent
+    assert sorted(stream.stats.connection_bytes.values()) == sorted(per_peer.values())
 
 
 async def test_auto_window_grows_against_per_connection_caps(origin):

@@ -89,6 +89,7 @@ class Stats:
     chunks: int = 0
     splits: int = 0  # remainders moved to another connection (tail or straggler)
     reissues: int = 0  # stalled attempts abandoned while other connections flowed
+    connection_bytes: dict[str, int] = field(default_factory=dict)  # body bytes per TCP connection
     buffered_peak: int = 0  # most body bytes held for the consumer at once
     window_max: int = 0  # largest window the stream ran with (auto: what the controller chose)
     connections_max: int = 0  # most requests in flight at once (window + early next requests + splits)
@@ -112,6 +113,8 @@ class Stats:
              if k not in ("traces", "window_samples", "timeline", "started", "finished")}
         d["seconds"] = round(self.seconds, 3)
         d["window_mean"] = round(self.window_mean, 2)
+        d["connections"] = len(self.connection_bytes)
+        del d["connection_bytes"]
         return d
 
 
@@ -774,7 +777,13 @@ class Stream:
                 self._ttfb = 0.8 * self._ttfb + 0.2 * (now - sent)
             slot.trace.prefetched = not self._is_head(slot)
             slot.resp = resp
-            await self._read_body(slot, resp, body_start, body_stop)
+            started_at = slot.pos
+            try:
+                await self._read_body(slot, resp, body_start, body_stop)
+            finally:
+                cid = getattr(resp, "connection_id", None) or "?"
+                per = self.stats.connection_bytes
+                per[cid] = per.get(cid, 0) + slot.pos - started_at
         finally:
             slot.resp = None
             slot.waiting_since = None

@@ -53,12 +53,16 @@ class Transport(Protocol):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_resp", "status", "headers")
+    __slots__ = ("_resp", "status", "headers", "connection_id")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers = resp.headers
+        # The local socket address names the TCP connection (for bytes-per-connection stats).
+        conn = resp.connection
+        sock = conn.transport.get_extra_info("sockname") if conn is not None and conn.transport else None
+        self.connection_id: str | None = f"{sock[0]}:{sock[1]}" if sock else None
 
     async def read_piece(self) -> bytes:
         try:
