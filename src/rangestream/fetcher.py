@@ -248,6 +248,7 @@ class Stream:
         self._unordered = False
         self._any_piece = asyncio.Event()  # unordered mode: every slot wakes the consumer
         self._tg: asyncio.TaskGroup | None = None
+        self._controller: asyncio.Task[None] | None = None
         self._ttfb: float | None = None  # smoothed request -> headers delay
         self._stopping = False
         self._entered = False
@@ -294,7 +295,7 @@ class Stream:
                 # server ignores Range); nothing else is planned before that.
                 await self._wait_size()
             if self._auto is not None or self._window > 2:
-                self._tg.create_task(self._control())
+                self._controller = self._tg.create_task(self._control())
         except BaseException:
             await self._shutdown()
             raise
@@ -651,8 +652,8 @@ class Stream:
         self._cancel_all()
         try:
             if self._tg is not None:
-                for task in list(self._tg._tasks):  # the controller too
-                    task.cancel()
+                if self._controller is not None:
+                    self._controller.cancel()
                 await self._tg.__aexit__(None, None, None)
         finally:
             for slot in self._order:
