@@ -467,3 +467,25 @@ async def test_disconnect_mid_chunk_cancels_the_prefetch(origin):
     await assert_no_leaks(origin)
     prefetch = [r for r in reqs(origin, "dmc") if r.range.startswith(f"bytes={chunk}-")]
     assert len(prefetch) == 1 and prefetch[0].outcome == "client-closed"
+
+
+async def test_stall_on_a_lone_connection_is_reissued_before_the_idle_timeout(origin):
+    origin.profile = Profile(stall_seconds=15)
+    size = 300 * KB
+    origin.inject("stall", name="lone", at=100 * KB)
+    t = time.monotonic()
+    data, stream = await fetch(origin.url(size, "lone"), chunk_size=size, window=1,
+                               retry=Retry(attempts=0, backoff=0.001))
+    assert data == origin.content("lone", size)
+    assert time.monotonic() - t < 5 and stream.stats.reissues == 1  # not the 20 s idle timeout
+
+
+async def test_a_server_that_always_stalls_ends_in_the_counted_idle_timeout(origin):
+    origin.profile = Profile(stall_seconds=15)
+    origin.inject("stall", name="always", at=10 * KB)
+    origin.inject("stall", name="always", at=0, count=10)  # from then on, no byte ever again
+    with pytest.raises(rangestream.RetriesExhaustedError) as ei:
+        await fetch(origin.url(100 * KB, "always"), window=1, retry=Retry(attempts=1, backoff=0.001),
+                    timeouts=Timeouts(request=5, idle=1.5, prefetch=1))
+    assert "idle timeout" in str(ei.value)
+    await assert_no_leaks(origin)

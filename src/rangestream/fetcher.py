@@ -123,7 +123,7 @@ class _Slot:
 
     __slots__ = ("index", "range", "pos", "out", "pieces", "buffered", "finished", "error", "wakeup",
                  "task", "request_timeout", "prefetch_cut", "trace", "reading_since", "read_from",
-                 "last_rate", "urgent", "ending", "resp", "waiting_since", "reissue")
+                 "last_rate", "urgent", "ending", "resp", "waiting_since", "reissue", "reissued_at")
 
     def __init__(self, index: int, rng: ByteRange, wakeup: asyncio.Event) -> None:
         self.index = index
@@ -147,6 +147,7 @@ class _Slot:
         self.resp: Response | None = None  # the current attempt's response, once it has headers
         self.waiting_since: float | None = None  # awaiting the socket since (None: not reading)
         self.reissue = False  # the controller abandoned a stalled attempt: retry at once, free
+        self.reissued_at = -1  # slot.pos at the last re-issue: re-issue again only after progress
 
     def rate(self, now: float) -> float | None:
         """Body bytes/s of the current attempt (or the last one once it ended)."""
@@ -294,8 +295,7 @@ class Stream:
                 # No clen: chunk 0's first response tells the size (or that the
                 # server ignores Range); nothing else is planned before that.
                 await self._wait_size()
-            if self._auto is not None or self._window > 2:
-                self._controller = self._tg.create_task(self._control())
+            self._controller = self._tg.create_task(self._control())
         except BaseException:
             await self._shutdown()
             raise
@@ -464,11 +464,8 @@ class Stream:
             if rng is None:
                 break
             self._add_slot(rng, len(self._order))
-        n = self.active
         self.stats.window_max = max(self.stats.window_max, self._window)
-        self.stats.connections_max = max(self.stats.connections_max, n)
-        if self._auto is None and self._window <= 2:
-            self.stats.window_samples.append(n)  # no controller to sample over time
+        self.stats.connections_max = max(self.stats.connections_max, self.active)
 
     def _add_slot(self, rng: ByteRange, position: int) -> _Slot:
         assert self._tg is not None
@@ -534,18 +531,23 @@ class Stream:
     # -- adapting the window ----------------------------------------------------
 
     async def _control(self) -> None:
-        """Every tick: feed the auto window, and split the slowest remainder when it pays."""
+        """Every tick: abandon stalled reads; with a parallel window (>= 3 or auto) also
+        start next requests early, feed the auto window and split slow remainders.
+        Windows 1 and 2 keep the seed's shapes: sequential, and one prefetch."""
         loop = asyncio.get_running_loop()
         last_t, last_bytes = loop.time(), self._read_total
         self._t0 = last_t
+        parallel = self._auto is not None or self._window > 2
         while (self._order or self._spans) and not self._stopping:
             await asyncio.sleep(_TICK)
             now = loop.time()
             rate = (self._read_total - last_bytes) / max(now - last_t, 1e-6)
             last_t, last_bytes = now, self._read_total
-            reading = sum(1 for s in self._order if s.reading_since is not None and not s.finished)
             self.stats.window_samples.append(self.active)
             self.stats.timeline.append((round(now - self._t0, 2), round(rate / 1e6, 1), self._window))
+            self._abandon_stalls(now, flowing=rate > 0)
+            if not parallel:
+                continue
             ttfb = self._ttfb or 0.0
             for s in self._order:
                 r = s.rate(now)
@@ -553,8 +555,8 @@ class Stream:
                     s.ending = (s.range.stop - s.pos) / r < ttfb + _TICK
             self._fill_window()
             if self._auto is not None:
+                reading = sum(1 for s in self._order if s.reading_since is not None and not s.finished)
                 self._set_window(self._auto.observe(now, rate, reading))
-            self._abandon_stalls(now, flowing=rate > 0)
             self._maybe_split(now)
 
     def push_back(self) -> None:
@@ -573,14 +575,17 @@ class Stream:
     def _abandon_stalls(self, now: float, flowing: bool) -> None:
         """A connection silent for much longer than a round trip while others flow is
         stalled, not slow: re-issue its remaining range instead of waiting out the idle
-        timeout (20 s by default, sized for a lone connection). Only with a controller
-        (window >= 3 or auto): a lone connection has nothing to be compared with."""
+        timeout (20 s by default). The head qualifies even alone: the consumer waits on
+        it. A slot is re-issued again only after it made progress, so a server that
+        always stalls at one byte still ends in the (counted) idle timeout."""
         stall_after = max(0.5, 3 * (self._ttfb or 0.0))
         waiting = [s for s in self._order if s.waiting_since is not None and s.resp is not None]
         head = self._order[0] if self._order and not self._unordered else None
         for s in waiting:
             # The head qualifies alone: everything behind it waits on it, so no peer may be flowing.
-            if (flowing or s is head) and now - s.waiting_since > stall_after and not s.reissue:
+            if ((flowing or s is head) and now - s.waiting_since > stall_after and not s.reissue
+                    and s.pos != s.reissued_at):  # no progress since the last re-issue: leave it to the idle timeout
+                s.reissued_at = s.pos
                 log.info("chunk %d silent for %.1fs at byte %d while others flow: re-issuing", s.index,
                          now - s.waiting_since, s.pos)
                 s.reissue = True
