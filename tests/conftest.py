@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+import rangestream.client
 from rangestream.origin import PROFILES, Origin
 
 
@@ -16,3 +17,22 @@ async def origin() -> AsyncIterator[Origin]:
         yield server
     finally:
         await server.close()
+
+
+def use_curl_transport(monkeypatch: pytest.MonkeyPatch, impersonate: str | None = "chrome") -> None:
+    """Make every ``Client`` / ``open_stream`` without ``transport=`` build a CurlTransport
+    (same options as the aiohttp one); skips the test when curl_cffi is not installed."""
+    pytest.importorskip("curl_cffi")
+    from rangestream.transport_curl import CurlTransport
+
+    monkeypatch.setattr(rangestream.client, "AiohttpTransport",
+                        lambda **options: CurlTransport(impersonate, **options))
+
+
+@pytest.fixture(params=["aiohttp", "curl"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per built-in transport: ``rangestream.Client`` and ``open_stream``
+    build the named one by default. Yields the name."""
+    if request.param == "curl":
+        use_curl_transport(monkeypatch)
+    return request.param

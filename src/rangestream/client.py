@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from .fetcher import Stream
+from .errors import RangestreamError
 from .headers import load_cookies
 from .transport import AiohttpTransport, Transport
 
@@ -25,6 +26,10 @@ class Client:
     starts per host, shared by all streams of this client.
     ``cookies_file``, ``limit_per_host`` and ``requests_per_second`` configure the
     built-in transport and cannot be combined with ``transport=``.
+    ``impersonate``: a browser (``"chrome"``, ``"safari"``, ``"firefox"``, a version like
+    ``"chrome131"``) whose TLS and HTTP/2 fingerprint and headers the requests present:
+    the built-in transport is then :class:`~rangestream.transport_curl.CurlTransport`
+    (curl_cffi, ``pip install 'rangestream[impersonate]'``) with the same options.
 
     ``stream_defaults`` (chunk_size, window, retry, timeouts, refresh, ...) apply to
     every :meth:`open_stream` unless overridden there.
@@ -33,16 +38,21 @@ class Client:
     def __init__(self, *, headers: dict[str, str] | None = None, proxy: str | None = None,
                  transport: Transport | None = None, limit_per_host: int = 0,
                  cookies_file: str | os.PathLike[str] | None = None,
-                 requests_per_second: float | None = None, **stream_defaults: Any) -> None:
+                 requests_per_second: float | None = None, impersonate: str | None = None,
+                 **stream_defaults: Any) -> None:
         self.headers: dict[str, str] = dict(headers or {})
         self.proxy = proxy
         if transport is None:
             cookies = load_cookies(cookies_file) if cookies_file is not None else None
-            transport = AiohttpTransport(proxy=proxy, limit_per_host=limit_per_host, cookies=cookies,
-                                         requests_per_second=requests_per_second)
-        elif cookies_file is not None or limit_per_host or requests_per_second or proxy:
-            raise ValueError("proxy, cookies_file, limit_per_host and requests_per_second configure "
-                             "the built-in transport; configure your transport= instead")
+            if impersonate:
+                transport = _curl_transport(impersonate, proxy=proxy, limit_per_host=limit_per_host,
+                                            cookies=cookies, requests_per_second=requests_per_second)
+            else:
+                transport = AiohttpTransport(proxy=proxy, limit_per_host=limit_per_host, cookies=cookies,
+                                             requests_per_second=requests_per_second)
+        elif cookies_file is not None or limit_per_host or requests_per_second or proxy or impersonate:
+            raise ValueError("proxy, cookies_file, limit_per_host, requests_per_second and impersonate "
+                             "configure the built-in transport; configure your transport= instead")
         self._transport: Transport = transport
         self._stream_defaults = stream_defaults
 
@@ -57,6 +67,14 @@ class Client:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+def _curl_transport(impersonate: str, **options: Any) -> Transport:
+    try:
+        from .transport_curl import CurlTransport  # lazy: curl_cffi is an optional extra
+    except ImportError:
+        raise RangestreamError("impersonation needs curl_cffi: pip install 'rangestream[impersonate]'") from None
+    return CurlTransport(impersonate, **options)
 
 
 def open_stream(url: str, *, headers: dict[str, str] | None = None, proxy: str | None = None,
