@@ -298,6 +298,8 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["max_buffer"] = args.max_buffer
     if getattr(args, "_refresh", None) is not None:
         opts["refresh"] = args._refresh
+    if getattr(args, "_headers", None):
+        opts["headers"] = dict(args._headers)
     return opts
 
 
@@ -1008,20 +1010,36 @@ def _validators_mismatch(state: SidecarState, current: dict[str, Any]) -> str | 
 
 
 async def run_get(ctx: Context) -> int:
+    from .refresh import is_page_url
+
     args = ctx.args
     url = check_url(args.url)
     ctx.summary.url = redact_url(url)
     ctx.summary.window = args.window
+    if args.resolve or is_page_url(url):
+        return await run_get_page(ctx, url)
+    if args.ytdl_format is not None or args.max_height is not None:
+        raise UsageError("--format and --max-height choose among the formats of a page URL (YouTube, or "
+                         "any URL with --resolve); this is a direct URL")
+    return await _get_url(ctx, url, default_output_name(url))
+
+
+async def _get_url(ctx: Context, url: str, default_name: str) -> int:
+    args = ctx.args
     if args.output == "-":
-        if sys.stdout.isatty() and not args.force:
-            raise UsageError("refusing to write binary data to a terminal: redirect stdout, "
-                             "or use -o FILE (--force to insist)")
+        _check_stdout(args)
         return await _get_stdout(ctx, url)
-    out = args.output or default_output_name(url)
+    out = args.output or default_name
     if os.path.isdir(out):
-        out = os.path.join(out, default_output_name(url))
+        out = os.path.join(out, default_name)
     ctx.summary.output = out
     return await _get_file(ctx, url, out)
+
+
+def _check_stdout(args: argparse.Namespace) -> None:
+    if sys.stdout.isatty() and not args.force:
+        raise UsageError("refusing to write binary data to a terminal: redirect stdout, "
+                         "or use -o FILE (--force to insist)")
 
 
 async def _get_stdout(ctx: Context, url: str) -> int:
@@ -1251,31 +1269,42 @@ def _sha256_file(path: str) -> str:
 
 
 async def run_mux(ctx: Context) -> int:
-    from .mux import mux as mux_streams  # PyAV loads only for this subcommand
-
-    args, display, summary = ctx.args, ctx.display, ctx.summary
+    args, summary = ctx.args, ctx.summary
     video_url, audio_url = check_url(args.video_url), check_url(args.audio_url)
     summary.url = redact_url(video_url)
     summary.extra["audio_url"] = redact_url(audio_url)
     summary.window = args.window
     out = args.output
-    fmt = args.format
     if out is None:
         raise UsageError("mux needs -o FILE (.mp4, .mkv, .webm) or -o - with --format")
-    if out == "-":
+    fmt = args.format
+    if fmt is None and out != "-":
+        fmt = _container_of(out)
         if fmt is None:
-            fmt = "mp4"
-        if sys.stdout.isatty() and not args.force:
-            raise UsageError("refusing to write binary data to a terminal: redirect stdout, or use -o FILE")
+            raise UsageError(f"cannot tell the container from {out!r}: use .mp4, .mkv or .webm, or --format")
+    if out != "-" and os.path.exists(out) and not args.force:
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    opts = stream_options(args)
+    return await _mux_into(ctx, [("video", video_url, opts), ("audio", audio_url, opts)], out, fmt or "mp4")
+
+
+_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "mkv", ".webm": "webm"}
+
+
+def _container_of(path: str) -> str | None:
+    return _CONTAINERS.get(os.path.splitext(path)[1].lower())
+
+
+async def _mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], out: str, fmt: str) -> int:
+    """Fetch the (video, audio) inputs, each ``(name, url, stream options)``, and mux them into
+    ``out`` (via ``out.part``, renamed when complete) or stdout (``-``)."""
+    from .mux import mux as mux_streams  # PyAV loads only for this subcommand
+
+    args, display, summary = ctx.args, ctx.display, ctx.summary
+    if out == "-":
+        _check_stdout(args)
         sink: Any = "-"
     else:
-        if fmt is None:
-            ext = os.path.splitext(out)[1].lower()
-            fmt = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "mkv", ".webm": "webm"}.get(ext)
-            if fmt is None:
-                raise UsageError(f"cannot tell the container from {out!r}: use .mp4, .mkv or .webm, or --format")
-        if os.path.exists(out) and not args.force:
-            raise UsageError(f"{out} exists; pass --force to overwrite it")
         sink = out + ".part"
     summary.output = out
     started = time.monotonic()
@@ -1283,9 +1312,9 @@ async def run_mux(ctx: Context) -> int:
     client = make_client(args)
     try:
         async with client, contextlib.AsyncExitStack() as stack:
-            for name, url in (("video", video_url), ("audio", audio_url)):
+            for name, url, opts in inputs:
                 try:
-                    streams[name] = await stack.enter_async_context(client.open_stream(url, **stream_options(args)))
+                    streams[name] = await stack.enter_async_context(client.open_stream(url, **opts))
                 except RangestreamError as e:
                     raise MuxError(f"cannot open: {e}", input=name) from e
             v, a = streams["video"], streams["audio"]
@@ -1319,11 +1348,72 @@ async def run_mux(ctx: Context) -> int:
     summary.size = result.bytes_written
     summary.extra.update({"format": result.format, "bytes_written": result.bytes_written,
                           "codecs": result.codecs, "duration": result.duration, "packets": result.packets})
+    if getattr(args, "sha256", False) and out != "-":
+        summary.sha256 = await asyncio.to_thread(_sha256_file, out)
     if not args.json:
         codecs = " + ".join(result.codecs.get(k, "?") for k in ("video", "audio"))
         dur = f", {result.duration:.1f} s of media" if result.duration else ""
         display.note(summary_line(summary) + f" · {codecs}{dur}, {human_bytes(result.bytes_written)} written")
+    if summary.sha256:
+        display.note(f"sha256 {summary.sha256}  {out}")
     return EXIT_OK
+
+
+# -- page URLs (yt-dlp) -------------------------------------------------------------------------
+
+
+async def run_get_page(ctx: Context, page_url: str) -> int:
+    """``get`` of a page URL: yt-dlp picks the format(s); one is downloaded like any URL, a
+    video+audio pair is muxed into one file. Expired stream URLs are re-resolved from the page."""
+    from .headers import merge_headers
+    from .refresh import Resolver, output_name
+
+    args, display, summary = ctx.args, ctx.display, ctx.summary
+    resolver = Resolver(args.ytdl_format, max_height=args.max_height, proxy=args.proxy,
+                        cookies_file=args.cookies)
+    display.note(f"{PROG}: resolving {redact_url(page_url)} with yt-dlp")
+    res = await resolver.resolve(page_url)
+    summary.extra.update({"page_url": redact_url(page_url), "title": res.title,
+                          "formats": [f.format_id for f in res.formats]})
+    display.note(f"{PROG}: {res.title}: " + " + ".join(f.describe() for f in res.formats))
+    user_headers = dict(args.header or [])
+
+    def options_for(f) -> dict[str, Any]:
+        opts = stream_options(args)  # --refresh-command, if given, replaces the built-in re-resolve
+        opts.setdefault("refresh", resolver.hook(page_url, f))
+        headers = merge_headers(f.http_headers, user_headers)
+        if headers:
+            opts["headers"] = headers
+        return opts
+
+    if not res.needs_mux:
+        f = res.video
+        summary.url = redact_url(f.url)
+        opts = options_for(f)
+        args._refresh, args._headers = opts["refresh"], opts.get("headers")
+        return await _get_url(ctx, f.url, output_name(res.title, f.ext, res.id or "download"))
+
+    video, audio = res.formats
+    summary.url = redact_url(video.url)
+    summary.extra["audio_url"] = redact_url(audio.url)
+    out = args.output
+    container = _container_of(out) if out and out != "-" else None
+    if container is None:
+        container = res.ext if res.ext in ("mp4", "webm", "mkv") else "mkv"
+    if out != "-":
+        name = output_name(res.title, container, res.id or "download")
+        out = out or name
+        if os.path.isdir(out):
+            out = os.path.join(out, name)
+        if os.path.exists(out) and not args.force:
+            display.note(f"{out} already exists ({human_bytes(os.path.getsize(out))}); nothing to do "
+                         f"(--force downloads it again)")
+            summary.ok, summary.output = True, out
+            summary.size = os.path.getsize(out)
+            summary.extra["skipped"] = "exists"
+            return EXIT_OK
+    return await _mux_into(ctx, [("video", video.url, options_for(video)), ("audio", audio.url, options_for(audio))],
+                           out, container)
 
 
 # -- errors -> exit codes ------------------------------------------------------------------------
@@ -1372,6 +1462,16 @@ def classify(e: BaseException) -> tuple[int, str, str | None]:
         if any(isinstance(c, InvalidURLError) for c in _chain(e)):
             return EXIT_USAGE, str(e), None
         return EXIT_FAILURE, str(e), None
+    from .refresh import ResolveError, ResolverUnavailable
+
+    if isinstance(e, ResolverUnavailable):
+        return EXIT_FAILURE, str(e), None
+    if isinstance(e, ResolveError):
+        if e.status is not None:
+            return EXIT_HTTP, str(e), None
+        if e.network:
+            return EXIT_NETWORK, str(e), "check the host, your network or --proxy"
+        return EXIT_FAILURE, str(e), "yt-dlp could not resolve the page; -v shows its messages"
     if isinstance(e, RangestreamError):
         return EXIT_FAILURE, str(e), None
     if isinstance(e, OSError):
@@ -1469,6 +1569,7 @@ def _epilog() -> str:
             "  rangestream get 'https://…/videoplayback?…' -o video.mp4\n"
             "  rangestream get URL -o - | ffplay -\n"
             "  rangestream get URL -o - --quiet | sha256sum\n"
+            "  rangestream get 'https://www.youtube.com/watch?v=ID' --max-height 1080\n"
             "  rangestream demo\n")
 
 
@@ -1548,6 +1649,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="download again even if FILE exists (it is replaced only once the new copy is "
                           "complete); ignore a FILE.part; allow binary output to a terminal")
     get.add_argument("--sha256", action="store_true", help="print the SHA-256 of what was downloaded")
+    page = get.add_argument_group(
+        "page URLs (yt-dlp: pip install 'rangestream[youtube]')",
+        "A YouTube page URL (youtube.com, youtu.be), or any URL with --resolve, is resolved with yt-dlp "
+        "into stream URLs: separate video and audio are muxed into one file (named after the title), a "
+        "combined format is downloaded as is. A stream URL that expires mid-download is re-resolved "
+        "from the page and the download continues from the byte reached, in the same format.")
+    page.add_argument("--resolve", action="store_true",
+                      help="resolve URL with yt-dlp even if it is not a YouTube page (any site or manifest "
+                           "yt-dlp's extractors know, its generic extractor included)")
+    page.add_argument("-f", "--format", dest="ytdl_format", metavar="SELECTOR",
+                      help="yt-dlp format selector (default 'bv*+ba/b': best video + best audio, else the "
+                           "best combined format); only plain http(s) formats are chosen, never HLS/DASH "
+                           "manifests")
+    page.add_argument("--max-height", type=_positive_int_arg, metavar="N",
+                      help="video no taller than N pixels (adds [height<=?N] to the selector's video part)")
     _network_options(get)
     _output_options(get)
 
