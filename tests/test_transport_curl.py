@@ -84,7 +84,7 @@ async def test_byte_exact_at_every_window(origin, curl, window):
             async for piece in stream:
                 h.update(piece)
     assert h.hexdigest() == origin.sha256(name, size)
-    assert curl.buffered_peak <= curl.buffer_limit + 512 * KB
+    assert curl.buffered_peak <= curl.buffer_limit + 16 * KB
     await test_engine.assert_no_leaks(origin)
 
 
@@ -144,7 +144,7 @@ async def test_stalled_consumer_pauses_the_transfer_and_memory_stays_bounded(ori
     size = 300 * MB  # loopback sends this in well under a second if nothing holds it back
     resp = await _request(curl, origin.url(size, "stall-consumer"))
     await asyncio.sleep(1.0)  # read nothing for a second
-    bound = curl.buffer_limit + 512 * KB  # the queue, plus the one piece libcurl hands over at a time
+    bound = curl.buffer_limit + 16 * KB  # the queue, plus the one 16 KiB piece libcurl hands over at a time
     assert curl.buffered_peak <= bound
     assert curl.pauses >= 1
     sent = test_engine.reqs(origin, "stall-consumer")[0].bytes_sent
@@ -155,7 +155,7 @@ async def test_stalled_consumer_pauses_the_transfer_and_memory_stays_bounded(ori
         h.update(piece)
     resp.close()
     assert h.hexdigest() == origin.sha256("stall-consumer", size)
-    assert curl.buffered_peak <= bound and curl.pauses > 10
+    assert curl.buffered_peak <= bound
 
 
 async def test_headers_only_prefetch_buffers_at_most_the_limit(origin):
@@ -163,7 +163,7 @@ async def test_headers_only_prefetch_buffers_at_most_the_limit(origin):
     try:
         resp = await _request(t, origin.url(50 * MB, "pre"))
         await asyncio.sleep(0.3)
-        assert t.buffered_peak <= 256 * KB + 64 * KB
+        assert 0 < t.buffered_peak <= 256 * KB + 16 * KB
         data = await _read_all(resp)
         resp.close()
         assert len(data) == 50 * MB

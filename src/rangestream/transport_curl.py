@@ -25,8 +25,10 @@ callbacks:
   the queue is full it returns ``CURL_WRITEFUNC_PAUSE`` (libcurl keeps that one
   piece and stops reading the socket) and :meth:`_CurlResponse.read_piece` resumes
   the transfer (``curl_easy_pause(CONT)``) once the consumer has taken the queue.
-  Python-side memory per response is at most ``buffer_limit`` plus one piece
-  (``recv_buffer``). The residue outside our control: the kernel's socket buffer,
+  Python-side memory per response is at most ``buffer_limit`` plus one piece (libcurl
+  hands the body over 16 KiB at a time). The default, 2 MiB, is aiohttp's own pause
+  mark (twice its 1 MiB read buffer); a smaller one costs CPU in pause/resume cycles
+  on a fast link (``benchmarks/transports.py``). The residue outside our control: the kernel's socket buffer,
   and on HTTP/2 the data the server may send before flow control stops it: up to
   the stream window the impersonated browser announces (Chrome: 6 MiB), held by
   libcurl while the transfer is paused. Changing that window would change the
@@ -156,20 +158,22 @@ class _CurlResponse:
         self._ready.set_result(None)
 
     def _on_body(self, chunk: bytes) -> int:
-        if self._closed:
-            return CURL_WRITEFUNC_ERROR
-        if self._buffered >= self._limit:
+        # The hot path: libcurl hands the body over in pieces of at most 16 KiB
+        # (CURL_MAX_WRITE_SIZE), whatever its receive buffer, so keep this short.
+        if self._buffered >= self._limit or self._closed:
+            if self._closed:
+                return CURL_WRITEFUNC_ERROR
             # Not consumed: libcurl keeps this piece, stops reading and hands it back on resume.
             self._paused = True
-            self._transport.pauses += 1
+            self._transport._note(self._buffered, pause=True)
             return CURL_WRITEFUNC_PAUSE
-        if not self._ready.done():  # headers without the blank line we expect (defensive)
+        if not self._got_headers:  # headers without the blank line we expect (defensive)
             self._headers_done()
         self._pieces.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered > self._transport.buffered_peak:
-            self._transport.buffered_peak = self._buffered
-        self._wake()
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
         return len(chunk)
 
     def _on_done(self, fut: asyncio.Future[None]) -> None:
@@ -218,6 +222,7 @@ class _CurlResponse:
         pieces = self._pieces
         data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()
+        self._transport._note(self._buffered)
         self._buffered = 0
         if self._paused and self._curl is not None:
             self._paused = False
@@ -252,8 +257,10 @@ class CurlTransport:
     ``socks5h://``), ``socks4://``, ``socks4a://``; credentials in the URL.
     ``cookies``: a jar (see :func:`rangestream.headers.load_cookies`); ``limit_per_host``:
     connections per host (0: unlimited); ``requests_per_second``: request starts per host.
-    ``buffer_limit``: bytes a response queues before libcurl is paused;
-    ``recv_buffer``: libcurl's receive buffer (the largest piece one callback hands over).
+    ``buffer_limit``: bytes a response queues before libcurl is paused (the queue holds at
+    most that plus 16 KiB); ``recv_buffer``: libcurl's socket read size (``BUFFERSIZE``;
+    64 KiB measured best on loopback: larger reads fill the queue within one event-loop
+    turn and cost pause/resume cycles).
     ``verify``: check TLS certificates (the default).
 
     Counters for tests and benchmarks: ``buffered_peak`` (most bytes any response had
@@ -262,8 +269,8 @@ class CurlTransport:
 
     def __init__(self, impersonate: str | None = "chrome", *, proxy: str | None = None,
                  cookies: http.cookiejar.CookieJar | None = None, limit_per_host: int = 0,
-                 requests_per_second: float | None = None, buffer_limit: int = 1 << 20,
-                 recv_buffer: int = 512 * 1024, verify: bool = True) -> None:
+                 requests_per_second: float | None = None, buffer_limit: int = 2 << 20,
+                 recv_buffer: int = 64 * 1024, verify: bool = True) -> None:
         self.impersonate = resolve_latest_browser_type(impersonate) if impersonate else None
         self._proxy = proxy or None
         self._curl_proxy = _parse_proxy(self._proxy) if self._proxy else None
@@ -287,6 +294,13 @@ class CurlTransport:
                     raise RangestreamError(f"curl_cffi cannot impersonate {impersonate!r}")
             finally:
                 probe.close()
+
+    def _note(self, buffered: int, pause: bool = False) -> None:
+        # Queues only grow between reads, so their peak is seen at a read or at a pause.
+        if buffered > self.buffered_peak:
+            self.buffered_peak = buffered
+        if pause:
+            self.pauses += 1
 
     def _multi(self) -> AsyncCurl:
         if self._acurl is None:
