@@ -199,7 +199,7 @@ async def test_reset_resumes_from_the_byte_reached(origin):
     assert data == origin.content("res", size)
     first, second = reqs(origin, "res")
     resumed_at = int(second.range.split("=")[1].split("-")[0])
-    assert 0 < resumed_at <= 150 * KB and resumed_at == first.bytes_sent or resumed_at <= first.bytes_sent
+    assert 0 < resumed_at <= first.bytes_sent == 150 * KB
     assert second.range.endswith(f"-{size - 1}")
 
 
@@ -276,9 +276,10 @@ async def test_expired_url_is_refreshed_through_the_hook(origin):
 
 
 async def test_expiry_mid_download_continues_from_byte_reached(origin):
-    origin.profile = Profile(rate=500_000)  # 4 chunks of 0.2 s each: the URL expires part-way
-    size = 400 * KB
-    url = origin.url(size, "mid", youtube=True, expire=time.time() + 0.3)
+    # The origin's expire has whole seconds: it falls within 1 s; the download takes about 1.5 s.
+    origin.profile = Profile(rate=200_000)
+    size = 600 * KB
+    url = origin.url(size, "mid", youtube=True, expire=int(time.time()) + 1)
 
     async def refresh(old: str) -> str:
         return origin.url(size, "mid", youtube=True, expire=time.time() + 3600)
@@ -292,10 +293,11 @@ async def test_expiry_mid_download_continues_from_byte_reached(origin):
 
 async def test_expired_without_hook_is_a_clear_error(origin):
     url = origin.url(10 * KB, "nohook", youtube=True, expire=time.time() - 10)
+    sig = url.split("&sig=")[1].split("&")[0]
     with pytest.raises(rangestream.URLExpiredError) as ei:
         await fetch(url)
     assert ei.value.status == 403 and "refresh" in str(ei.value)
-    assert "sig=" in str(ei.value) and origin.url(10 * KB, "nohook", youtube=True).split("sig=")[1][:8] not in str(ei.value)
+    assert "sig=REDACTED" in str(ei.value) and sig not in str(ei.value)
 
 
 async def test_refresh_is_bounded(origin):

@@ -123,7 +123,8 @@ class _Slot:
 
     __slots__ = ("index", "range", "pos", "out", "pieces", "buffered", "finished", "error", "wakeup",
                  "task", "request_timeout", "prefetch_cut", "trace", "reading_since", "read_from",
-                 "last_rate", "urgent", "ending", "resp", "waiting_since", "reissue", "reissued_at")
+                 "last_rate", "urgent", "ending", "resp", "waiting_since", "reissue", "reissued_at",
+                 "gated", "gated_since")
 
     def __init__(self, index: int, rng: ByteRange, wakeup: asyncio.Event) -> None:
         self.index = index
@@ -148,19 +149,28 @@ class _Slot:
         self.waiting_since: float | None = None  # awaiting the socket since (None: not reading)
         self.reissue = False  # the controller abandoned a stalled attempt: retry at once, free
         self.reissued_at = -1  # slot.pos at the last re-issue: re-issue again only after progress
+        self.gated = 0.0  # seconds this attempt spent held back by the memory budget
+        self.gated_since: float | None = None  # held back right now, since
 
     def rate(self, now: float) -> float | None:
-        """Body bytes/s of the current attempt (or the last one once it ended)."""
-        if self.reading_since is None or now - self.reading_since < 0.05:
+        """Body bytes/s of the current attempt (or the last one once it ended), not
+        counting time held back by the budget: a slow consumer is not a slow server."""
+        if self.reading_since is None:
             return self.last_rate
-        return (self.pos - self.read_from) / (now - self.reading_since)
+        held = self.gated + (now - self.gated_since if self.gated_since is not None else 0.0)
+        elapsed = now - self.reading_since - held
+        if elapsed < 0.05:
+            return self.last_rate
+        return (self.pos - self.read_from) / elapsed
 
 
 class _Terminal(Exception):
     """A chunk's final failure, carried to the consumer as ``error``."""
 
-    def __init__(self, error: StreamError) -> None:
+    def __init__(self, error: StreamError, cause: BaseException | None = None) -> None:
         self.error = error
+        if cause is not None:
+            error.__cause__ = cause  # the public error, not this wrapper, carries the cause
 
 
 # The controller's sampling period: short, so the window finds the link within
@@ -249,6 +259,7 @@ class Stream:
         self._unordered = False
         self._any_piece = asyncio.Event()  # unordered mode: every slot wakes the consumer
         self._tg: asyncio.TaskGroup | None = None
+        self._t0 = 0.0  # when the controller started (timeline origin)
         self._controller: asyncio.Task[None] | None = None
         self._ttfb: float | None = None  # smoothed request -> headers delay
         self._stopping = False
@@ -291,6 +302,8 @@ class Stream:
         await self._tg.__aenter__()
         try:
             self._fill_window()
+            if not self._order:
+                self._size_known.set()  # nothing to fetch (e.g. ranges=[]): nothing to learn
             if not self._size_known.is_set():
                 # No clen: chunk 0's first response tells the size (or that the
                 # server ignores Range); nothing else is planned before that.
@@ -484,8 +497,15 @@ class Stream:
         self.size = self.stats.size = size
         start, stop = slot.range.start, slot.range.stop
         if size is None:
-            slot.range = ByteRange(start, None)  # read to EOF
-            self._spans.clear()
+            # No total: a server honouring Range gets the rest as one open-ended request;
+            # one ignoring it sends everything in this response. Bounded spans (ranges=)
+            # stay bounded: one request each.
+            if self._probe_open and ranged:
+                self._spans.appendleft(ByteRange(stop, None))  # type: ignore[arg-type]
+            elif self._probe_open:
+                slot.range = ByteRange(start, None)  # read to EOF
+                self._spans.clear()
+            self._whole_spans = True
         else:
             if self._probe_open:
                 # The probe was cut from an open-ended span: give back what follows it.
@@ -514,7 +534,8 @@ class Stream:
             return self._buffered < max(self._max_buffer, _HEAD_QUEUE)
         if self._order and self._order[0] is slot:
             return slot.buffered < _HEAD_QUEUE
-        return self._buffered < self._max_buffer or slot.urgent
+        # A split-off of the head may run past the budget, by at most its own head queue.
+        return self._buffered < self._max_buffer or (slot.urgent and slot.buffered < _HEAD_QUEUE)
 
     def _notify(self) -> None:
         self._progress.set()
@@ -522,15 +543,24 @@ class Stream:
 
     async def _wait_may_read(self, slot: _Slot) -> None:
         self._gate_waiters += 1
+        slot.gated_since = since = time.monotonic()
         try:
             while not self._may_read(slot):
                 await self._progress.wait()
         finally:
             self._gate_waiters -= 1
+            slot.gated_since = None
+            slot.gated += time.monotonic() - since
 
     # -- adapting the window ----------------------------------------------------
 
     async def _control(self) -> None:
+        try:
+            await self._control_loop()
+        except Exception:  # a controller bug must not take the download down with it
+            log.exception("window controller stopped; the stream continues with a fixed window")
+
+    async def _control_loop(self) -> None:
         """Every tick: abandon stalled reads; with a parallel window (>= 3 or auto) also
         start next requests early, feed the auto window and split slow remainders.
         Windows 1 and 2 keep the seed's shapes: sequential, and one prefetch."""
@@ -602,6 +632,8 @@ class Stream:
         if self._stopping:
             return
         running = [s for s in self._order if not s.finished]
+        if any(s.gated_since is not None for s in running) and not self._straggler(now):
+            return  # the consumer is the bottleneck: another connection cannot help
         if self._spans or len(running) >= self._window:
             straggler = self._straggler(now)
             if straggler is None:
@@ -635,7 +667,7 @@ class Stream:
         if self._unordered or len(self._order) < 3 or not self._gate_waiters:
             return None
         head = self._order[0]
-        if head.finished or head.reading_since is None:
+        if head.finished or head.reading_since is None or head.gated_since is not None:
             return None
         head_rate = head.rate(now)
         peers = [r for s in self._order[1:] if (r := s.rate(now)) is not None]
@@ -728,7 +760,7 @@ class Stream:
                 if counted > self._retry.attempts:
                     raise _Terminal(RetriesExhaustedError(
                         f"gave up after {counted} failed attempts: {e}", url=url,
-                        attempts=slot.trace.requests)) from e
+                        attempts=slot.trace.requests), cause=e) from None
                 self.stats.retries += 1
                 delay = self._retry.delay(counted, e.retry_after)
                 log.warning("chunk %d at byte %d: %s; retry %d/%d in %.2fs (%s)", slot.index, slot.pos, e,
@@ -759,6 +791,7 @@ class Stream:
             headers["If-Range"] = self._etag
         elif self._last_modified:
             headers["If-Range"] = self._last_modified
+        slot.ending = slot.reissue = False  # flags of the previous attempt
         slot.trace.requests += 1
         self.stats.requests += 1
         if slot.trace.requested is None:
@@ -774,6 +807,7 @@ class Stream:
             raise TransientError("no response headers within the request timeout") from None
         finally:
             slot.request_timeout = None
+        slot.prefetch_cut = False  # headers came in time: later failures are the chunk's own
         try:
             body_start, body_stop = self._check_response(slot, resp, want)
             slot.trace.headers = now = time.monotonic()
@@ -832,7 +866,7 @@ class Stream:
             if clen is not None and clen != cr.stop - cr.start:
                 raise TransientError(f"Content-Length {clen} disagrees with Content-Range")
             if not self._size_known.is_set():
-                self._learn_size(slot, cr.total, ranged=cr.total is not None)
+                self._learn_size(slot, cr.total, ranged=True)
             return cr.start, cr.stop
         # 200: the server ignored Range and sends the whole object from byte 0.
         if self.size is not None and clen is not None and clen != self.size:
@@ -855,16 +889,18 @@ class Stream:
 
     async def _read_body(self, slot: _Slot, resp: Response, body_start: int, body_stop: int | None) -> None:
         """Push ``[slot.pos, min(slot.range.stop, body_stop))`` from a body spanning
-        ``[body_start, body_stop)``. This is the per-byte hot path: keep it lean."""
+        ``[body_start, body_stop)``. This is the per-byte hot path: keep it lean.
+
+        ``slot.range.stop`` is read again after every await: a split may have moved it
+        closer while this task waited, and bytes past it now belong to another slot.
+        """
         pos = slot.pos
         skip = pos - body_start  # a 200 (or a resumed 200) repeats bytes already delivered
-        end = body_stop
         pieces = slot.pieces
-        slot.reading_since, slot.read_from = time.monotonic(), pos
+        slot.reading_since, slot.read_from, slot.gated = time.monotonic(), pos, 0.0
         while True:
-            stop = slot.range.stop  # re-read: a split may have moved it closer
-            if stop is not None and (end is None or stop < end):
-                end = stop
+            stop = slot.range.stop
+            end = stop if body_stop is None or (stop is not None and stop < body_stop) else body_stop
             if end is not None and pos >= end:
                 return
             if not self._may_read(slot):
@@ -872,6 +908,8 @@ class Stream:
             slot.waiting_since = time.monotonic()
             piece = await resp.read_piece()
             slot.waiting_since = None  # blocked on the budget is not stalled
+            stop = slot.range.stop
+            end = stop if body_stop is None or (stop is not None and stop < body_stop) else body_stop
             if not piece:
                 if end is None:
                     slot.range = ByteRange(slot.range.start, pos)  # unknown size: EOF is the end
@@ -888,6 +926,8 @@ class Stream:
                 skip = 0
             if end is not None and pos + len(piece) > end:
                 piece = piece[: end - pos]  # bytes beyond this slot belong to others
+                if not piece:
+                    return
             n = len(piece)
             pos += n
             slot.pos = pos
@@ -912,12 +952,11 @@ class Stream:
                     url=self._url, attempts=slot.trace.requests))
             try:
                 new_url = await self._refresh_hook(self._url)
-            except RangestreamError as e:
-                raise _Terminal(URLExpiredError(status, f"URL refresh failed: {e}", url=self._url,
-                                                attempts=slot.trace.requests)) from e
             except Exception as e:
-                raise _Terminal(URLExpiredError(status, f"URL refresh hook raised {type(e).__name__}: {e}",
-                                                url=self._url, attempts=slot.trace.requests)) from e
+                # The hook's own text may embed a full signed URL: show only a redacted form.
+                what = redact_url(str(e)) if isinstance(e, RangestreamError) else type(e).__name__
+                raise _Terminal(URLExpiredError(status, f"URL refresh failed: {what}", url=self._url,
+                                                attempts=slot.trace.requests), cause=e) from None
             if not isinstance(new_url, str) or not new_url.lower().startswith(("http://", "https://")):
                 raise _Terminal(URLExpiredError(status, "URL refresh hook returned no usable URL",
                                                 url=self._url, attempts=slot.trace.requests))
