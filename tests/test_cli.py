@@ -114,6 +114,17 @@ async def test_stdout_is_byte_identical_and_carries_nothing_else(origin, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_range_mode_query_to_stdout(origin, tmp_path):
+    size = 700 * 1000 + 3
+    url = origin.url(size, "qmode", youtube=True)
+    rc, out, err = await run("get", url, "-o", "-", "--chunk-size", "128K", "--range-mode", "query",
+                             "--quiet", cwd=tmp_path)
+    assert rc == 0 and out == origin.content("qmode", size), err
+    assert {r.method for r in origin.log} == {"POST"} and all(r.range.startswith("query:") for r in origin.log)
+    rc, _, err = await run("get", origin.url(1000, "plain"), "-o", "-", "--range-mode", "query", cwd=tmp_path)
+    assert rc == 2 and "clen" in err and "Traceback" not in err
+
+
 async def test_resume_after_sigkill_fetches_only_what_is_missing(origin, tmp_path):
     size, name = 6 * MB, "killed"
     slow = origin.url(size, name, rate=300_000)

@@ -491,3 +491,23 @@ async def test_a_server_that_always_stalls_ends_in_the_counted_idle_timeout(orig
                     timeouts=Timeouts(request=5, idle=1.5, prefetch=1))
     assert "idle timeout" in str(ei.value)
     await assert_no_leaks(origin)
+
+
+# -- googlevideo's range= query form -------------------------------------------------
+
+@pytest.mark.parametrize("window", [1, 4])
+async def test_query_range_mode_posts_like_the_web_player(origin, window):
+    size, chunk = 300 * KB + 5, 64 * KB
+    url = origin.url(size, f"q{window}", youtube=True)
+    origin.inject("reset", name=f"q{window}", at=10 * KB, start=0)  # resumes within the query form too
+    data, stream = await fetch(url, chunk_size=chunk, window=window, range_mode="query")
+    assert data == origin.content(f"q{window}", size)
+    log = reqs(origin, f"q{window}")
+    assert {r.method for r in log} == {"POST"} and all(r.range.startswith("query:") for r in log)
+    assert stream.stats.retries == 1
+    assert any(r.range == f"query:{10 * KB}-{chunk - 1}" for r in log)
+
+
+def test_query_range_mode_needs_the_size_in_the_url():
+    with pytest.raises(ValueError):
+        rangestream.open_stream("http://127.0.0.1:9/data/x/100.bin", range_mode="query")

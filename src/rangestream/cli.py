@@ -296,6 +296,8 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["ceiling"] = args.max_window
     if args.max_buffer is not None:
         opts["max_buffer"] = args.max_buffer
+    if args.range_mode != "header":
+        opts["range_mode"] = args.range_mode
     if getattr(args, "_refresh", None) is not None:
         opts["refresh"] = args._refresh
     if getattr(args, "_headers", None):
@@ -1590,6 +1592,9 @@ def _network_options(p: argparse.ArgumentParser) -> None:
                    help="the most requests --window auto may use (default 8)")
     g.add_argument("--max-buffer", type=_size_arg, metavar="SIZE",
                    help="bytes chunks after the current one may read ahead (default: the engine's choice)")
+    g.add_argument("--range-mode", choices=["header", "query"], default="header",
+                   help="how to ask for a range: a Range header (default), or googlevideo's range=a-b "
+                        "query parameter sent as a POST, as YouTube's web player does (needs clen in the URL)")
     g.add_argument("--retries", type=_count_arg, metavar="N",
                    help="retries per chunk after its first request (default 3; $RANGESTREAM_RETRIES)")
     g.add_argument("--backoff", type=_backoff_arg, default=1.0, metavar="SECONDS",

@@ -45,7 +45,15 @@ from .errors import (
     TransientError,
     URLExpiredError,
 )
-from .plan import DEFAULT_CHUNK_SIZE, AutoWindow, ByteRange, parse_content_range, size_from_url, url_param
+from .plan import (
+    DEFAULT_CHUNK_SIZE,
+    AutoWindow,
+    ByteRange,
+    parse_content_range,
+    size_from_url,
+    url_param,
+    with_query_param,
+)
 from .redact import redact_url
 from .retry import Retry, Timeouts
 from .transport import Response
@@ -192,6 +200,9 @@ class Stream:
     ``ranges``: fetch only these ``(start, stop)`` spans, in order (resuming a file).
     ``expect_validators``: ``{"etag": ..., "last_modified": ...}`` the object must
     still have (a resume); otherwise :class:`ObjectChangedError`.
+    ``range_mode``: ``"header"`` (a ``Range`` header) or ``"query"``: googlevideo's
+    web-player form, a POST with ``range=a-b`` in the URL answered by a 200 holding
+    exactly those bytes (needs the size in the URL, ``clen``).
     """
 
     def __init__(self, client: Client, url: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -200,7 +211,7 @@ class Stream:
                  refresh: RefreshHook | None = None, headers: dict[str, str] | None = None,
                  ranges: list[tuple[int, int]] | None = None,
                  expect_validators: dict[str, str | None] | None = None,
-                 owns_client: bool = False) -> None:
+                 range_mode: str = "header", owns_client: bool = False) -> None:
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             raise InvalidURLError(f"not an http(s) URL: {redact_url(str(url))}")
         if not isinstance(chunk_size, int) or chunk_size <= 0:
@@ -228,8 +239,14 @@ class Stream:
         self._refresh_lock = asyncio.Lock()
         self._headers = {**client.headers, **(headers or {})}
         self._lmt = url_param(url, "lmt")
+        if range_mode not in ("header", "query"):
+            raise ValueError(f"range_mode must be 'header' or 'query', not {range_mode!r}")
+        self._range_mode = range_mode
 
         self.size: int | None = size_from_url(url)
+        if range_mode == "query" and self.size is None:
+            raise InvalidURLError("range mode 'query' needs a URL that carries the object's size (clen): "
+                                  f"{redact_url(url)}")
         self.stats = Stats(size=self.size)
         self._size_known = asyncio.Event()
         if self.size is not None:
@@ -786,11 +803,17 @@ class Stream:
         even if it then fails, so the next attempt resumes from the byte reached."""
         headers = dict(self._headers)
         want = ByteRange(slot.pos, slot.range.stop)
-        headers["Range"] = want.header()
-        if self._etag and not self._etag.startswith("W/"):
-            headers["If-Range"] = self._etag
-        elif self._last_modified:
-            headers["If-Range"] = self._last_modified
+        method, data = "GET", None
+        if self._range_mode == "query":
+            # As YouTube's web player asks: POST, the range in the URL, a tiny body.
+            url = with_query_param(url, "range", want.header().removeprefix("bytes="))
+            method, data = "POST", b"x\x00"
+        else:
+            headers["Range"] = want.header()
+            if self._etag and not self._etag.startswith("W/"):
+                headers["If-Range"] = self._etag
+            elif self._last_modified:
+                headers["If-Range"] = self._last_modified
         slot.ending = slot.reissue = False  # flags of the previous attempt
         slot.trace.requests += 1
         self.stats.requests += 1
@@ -801,8 +824,8 @@ class Stream:
         try:
             async with asyncio.timeout(self._timeouts.request) as cm:
                 slot.request_timeout = cm
-                resp = await transport.request("GET", url, headers, connect_timeout=self._timeouts.request,
-                                               idle_timeout=self._timeouts.idle)
+                resp = await transport.request(method, url, headers, connect_timeout=self._timeouts.request,
+                                               idle_timeout=self._timeouts.idle, data=data)
         except TimeoutError:
             raise TransientError("no response headers within the request timeout") from None
         finally:
@@ -853,6 +876,11 @@ class Stream:
         self._check_validators(h, slot)
         length = h.get("Content-Length")
         clen = int(length) if length is not None and length.isdigit() else None
+        if self._range_mode == "query":
+            # googlevideo answers range= with a 200 carrying exactly the bytes asked for.
+            if status != 200 or clen is None or clen == 0 or (want.stop is not None and clen > len(want)):
+                raise TransientError(f"HTTP {status} with {clen} bytes for range={want.header()[6:]}")
+            return want.start, want.start + clen
         if status == 206:
             try:
                 cr = parse_content_range(h.get("Content-Range", ""))

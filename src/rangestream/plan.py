@@ -199,3 +199,11 @@ class AutoWindow:
         self._prev = None
         self._next_probe = now + self.probe_every
         return self._set(now, max(1, self.size - 1))
+
+
+def with_query_param(url: str, name: str, value: str) -> str:
+    """``url`` with query parameter ``name`` set to ``value`` (replacing any), the rest untouched."""
+    parts = urlsplit(url)
+    kept = [p for p in parts.query.split("&") if p and p.split("=", 1)[0] != name]
+    query = "&".join([*kept, f"{name}={value}"])
+    return parts._replace(query=query).geturl()

@@ -47,7 +47,7 @@ class Response(Protocol):
 
 class Transport(Protocol):
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
-                      connect_timeout: float, idle_timeout: float) -> Response: ...
+                      connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response: ...
 
     async def aclose(self) -> None: ...
 
@@ -168,7 +168,7 @@ class AiohttpTransport:
         return out
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
-                      connect_timeout: float, idle_timeout: float) -> Response:
+                      connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response:
         session = self._get_session()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
         http_proxy = None if self._socks is not None else self._proxy
@@ -177,7 +177,7 @@ class AiohttpTransport:
             if self._pacer is not None:
                 await self._pacer.wait(_host_key(url))
             try:
-                resp = await session.request(method, url, headers=self._headers(url, headers),
+                resp = await session.request(method, url, headers=self._headers(url, headers), data=data,
                                              proxy=http_proxy, timeout=timeout, allow_redirects=False)
             except (aiohttp.InvalidURL, ValueError) as e:
                 raise InvalidURLError(f"invalid URL {redact_url(url)}: {_describe(e)}") from None
@@ -212,7 +212,7 @@ class AiohttpTransport:
                 for name in [k for k in headers if k.lower() in ("authorization", "cookie")]:
                     del headers[name]
             if resp.status == 303:
-                method = "GET"
+                method, data = "GET", None
             url = str(target)
         raise TransientError(f"more than {_MAX_REDIRECTS} redirects")
 

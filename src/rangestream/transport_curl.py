@@ -330,14 +330,15 @@ class CurlTransport:
         return out
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
-                      connect_timeout: float, idle_timeout: float) -> Response:
+                      connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response:
         headers = dict(headers)
         _check_url(url)
         for _hop in range(_MAX_REDIRECTS + 1):
             if self._pacer is not None:
                 await self._pacer.wait(_host_key(url))
             resp = await self._request_once(method, url, self._headers(url, headers),
-                                            connect_timeout=connect_timeout, idle_timeout=idle_timeout)
+                                            connect_timeout=connect_timeout, idle_timeout=idle_timeout,
+                                            data=data)
             if resp.status == 407 and self._proxy is not None and urlsplit(url).scheme == "http":
                 resp.close()  # a forward proxy's own answer
                 raise _proxy_auth_failed(self._proxy)
@@ -357,17 +358,18 @@ class CurlTransport:
                 for name in [k for k in headers if k.lower() in ("authorization", "cookie")]:
                     del headers[name]
             if resp.status == 303:
-                method = "GET"
+                method, data = "GET", None
             url = target
         raise TransientError(f"more than {_MAX_REDIRECTS} redirects")
 
     async def _request_once(self, method: str, url: str, headers: Mapping[str, str], *,
+                            data: bytes | None = None,
                             connect_timeout: float, idle_timeout: float) -> _CurlResponse:
         acurl = self._multi()
         curl = Curl()
         resp = _CurlResponse(self, curl, url, idle_timeout)
         try:
-            self._configure(curl, resp, method, url, headers, connect_timeout)
+            self._configure(curl, resp, method, url, headers, connect_timeout, data)
         except CurlError as e:
             curl.close()
             raise self._map_error(e, url, None, mid_body=False) from None
@@ -397,7 +399,7 @@ class CurlTransport:
         return resp
 
     def _configure(self, curl: Curl, resp: _CurlResponse, method: str, url: str,
-                   headers: Mapping[str, str], connect_timeout: float) -> None:
+                   headers: Mapping[str, str], connect_timeout: float, data: bytes | None = None) -> None:
         if self.impersonate is not None:
             # First: it sets the TLS/HTTP2 options and the browser's base headers, which the
             # HTTPHEADER list below overrides name by name.
@@ -411,6 +413,9 @@ class CurlTransport:
             curl.setopt(CurlOpt.NOBODY, 1)
         elif method != "GET":
             curl.setopt(CurlOpt.CUSTOMREQUEST, method.encode())
+        if data is not None:
+            curl.setopt(CurlOpt.POSTFIELDSIZE, len(data))
+            curl.setopt(CurlOpt.COPYPOSTFIELDS, data)
         lines = [(f"{k}: {v}" if v else f"{k};").encode("latin-1") for k, v in headers.items()]
         curl.setopt(CurlOpt.HTTPHEADER, lines + [b"Expect:"])
         curl.setopt(CurlOpt.HTTP_CONTENT_DECODING, 0)
