@@ -224,3 +224,16 @@ async def test_requests_per_second_spaces_requests_across_streams(recorder):
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert min(gaps) >= 0.8 / rate, gaps
     assert starts[-1] - starts[0] >= 15 * 0.9 / rate
+
+
+async def test_a_stream_can_be_pinned_to_its_own_proxy(origin, proxies):
+    size = 300 * KB
+    dead = proxies["socks5"].rsplit(":", 1)[0] + f":{free_port()}"  # nothing listens there
+    async with rangestream.Client() as client:  # no proxy of its own
+        direct = await fetch(origin.url(size, "direct"), client, chunk_size=64 * KB)
+        via = await fetch(origin.url(size, "via"), client, proxy=proxies["socks5"], chunk_size=64 * KB)
+        with pytest.raises(rangestream.RetriesExhaustedError) as ei:
+            await fetch(origin.url(size, "deadpx"), client, proxy=dead, retry=Retry(attempts=0, backoff=0.001))
+    assert direct == origin.content("direct", size) and via == origin.content("via", size)
+    assert "via proxy socks5://REDACTED@" in str(ei.value) and SECRET not in str(ei.value)
+    assert not any("deadpx" in r.path for r in origin.log)  # that stream really went to its (dead) proxy

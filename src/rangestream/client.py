@@ -42,22 +42,36 @@ class Client:
                  **stream_defaults: Any) -> None:
         self.headers: dict[str, str] = dict(headers or {})
         self.proxy = proxy
+        self._custom = transport is not None
         if transport is None:
             cookies = load_cookies(cookies_file) if cookies_file is not None else None
-            if impersonate:
-                transport = _curl_transport(impersonate, proxy=proxy, limit_per_host=limit_per_host,
-                                            cookies=cookies, requests_per_second=requests_per_second)
-            else:
-                transport = AiohttpTransport(proxy=proxy, limit_per_host=limit_per_host, cookies=cookies,
-                                             requests_per_second=requests_per_second)
+            self._transport_options = dict(limit_per_host=limit_per_host, cookies=cookies,
+                                           requests_per_second=requests_per_second)
+            self._impersonate = impersonate
+            transport = self._build_transport(proxy)
         elif cookies_file is not None or limit_per_host or requests_per_second or proxy or impersonate:
             raise ValueError("proxy, cookies_file, limit_per_host, requests_per_second and impersonate "
                              "configure the built-in transport; configure your transport= instead")
         self._transport: Transport = transport
+        # Streams pinned to another proxy get a transport (a pool) of their own, closed with the client.
+        self._by_proxy: dict[str | None, Transport] = {proxy: transport}
         self._stream_defaults = stream_defaults
 
-    def open_stream(self, url: str, **options: Any) -> Stream:
-        return Stream(self, url, **{**self._stream_defaults, **options})
+    def _build_transport(self, proxy: str | None) -> Transport:
+        if self._impersonate:
+            return _curl_transport(self._impersonate, proxy=proxy, **self._transport_options)
+        return AiohttpTransport(proxy=proxy, **self._transport_options)
+
+    def open_stream(self, url: str, *, proxy: str | None = None, **options: Any) -> Stream:
+        """A stream on this client's pool; ``proxy=`` pins this stream to another proxy."""
+        transport = self._transport
+        if proxy is not None and proxy != self.proxy:
+            if self._custom:
+                raise ValueError("proxy= per stream needs the built-in transport")
+            if proxy not in self._by_proxy:
+                self._by_proxy[proxy] = self._build_transport(proxy)
+            transport = self._by_proxy[proxy]
+        return Stream(self, url, transport=transport, **{**self._stream_defaults, **options})
 
     async def __aenter__(self) -> Client:
         return self
@@ -66,7 +80,8 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        for transport in self._by_proxy.values():
+            await transport.aclose()
 
 
 def _curl_transport(impersonate: str, **options: Any) -> Transport:
@@ -79,10 +94,11 @@ def _curl_transport(impersonate: str, **options: Any) -> Transport:
 
 def open_stream(url: str, *, headers: dict[str, str] | None = None, proxy: str | None = None,
                 transport: Transport | None = None, cookies_file: str | os.PathLike[str] | None = None,
-                **options: Any) -> Stream:
+                impersonate: str | None = None, **options: Any) -> Stream:
     """Open one stream with a private :class:`Client`, closed when the stream is left.
 
     ``async with open_stream(url, chunk_size=9_500_000, window=2) as stream: ...``
     """
-    client = Client(headers=headers, proxy=proxy, transport=transport, cookies_file=cookies_file)
+    client = Client(headers=headers, proxy=proxy, transport=transport, cookies_file=cookies_file,
+                    impersonate=impersonate)
     return Stream(client, url, owns_client=True, **options)

@@ -56,7 +56,7 @@ from .plan import (
 )
 from .redact import redact_url
 from .retry import Retry, Timeouts
-from .transport import Response
+from .transport import Response, Transport
 
 if TYPE_CHECKING:
     from .client import Client
@@ -211,7 +211,8 @@ class Stream:
                  refresh: RefreshHook | None = None, headers: dict[str, str] | None = None,
                  ranges: list[tuple[int, int]] | None = None,
                  expect_validators: dict[str, str | None] | None = None,
-                 range_mode: str = "header", owns_client: bool = False) -> None:
+                 range_mode: str = "header", transport: Transport | None = None,
+                 owns_client: bool = False) -> None:
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             raise InvalidURLError(f"not an http(s) URL: {redact_url(str(url))}")
         if not isinstance(chunk_size, int) or chunk_size <= 0:
@@ -226,6 +227,7 @@ class Stream:
         else:
             raise ValueError(f"window must be an integer >= 1 or 'auto', not {window!r}")
         self._client = client
+        self._transport = transport or client._transport
         self._owns_client = owns_client
         self._url = url
         self._url_gen = 0
@@ -819,7 +821,7 @@ class Stream:
         self.stats.requests += 1
         if slot.trace.requested is None:
             slot.trace.requested = time.monotonic()
-        transport = self._client._transport
+        transport = self._transport
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self._timeouts.request) as cm:
