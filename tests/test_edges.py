@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
@@ -12,24 +11,11 @@ from aiohttp import web
 import rangestream
 from rangestream import Retry, Timeouts
 from rangestream.origin import Profile
+from servers import serve
 
 KB = 1024
 MB = 1_000_000
 PAYLOAD = bytes(range(256)) * 1000  # 256 000 bytes
-
-
-@asynccontextmanager
-async def server(handler):
-    app = web.Application()
-    app.router.add_get("/x", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/x"
-    finally:
-        await runner.cleanup()
 
 
 async def read_all(url, **opts):
@@ -45,7 +31,7 @@ async def test_ranges_honoured_but_total_unknown():
         a, b = int(a), min(int(b) if b else len(PAYLOAD) - 1, len(PAYLOAD) - 1)
         return web.Response(status=206, body=PAYLOAD[a:b + 1], headers={"Content-Range": f"bytes {a}-{b}/*"})
 
-    async with server(handler) as url:
+    async with serve(handler) as url:
         data, s = await read_all(url)
     assert data == PAYLOAD and s.size is None
 
@@ -60,13 +46,13 @@ async def chunked_200(request):  # ignores Range, sends no length
 
 async def test_ranges_kept_when_the_server_ignores_range_and_gives_no_length():
     spans = [(0, 500), (1000, 2000), (250_000, 256_000)]
-    async with server(chunked_200) as url:
+    async with serve(chunked_200) as url:
         data, _ = await read_all(url, ranges=spans)
     assert data == b"".join(PAYLOAD[a:b] for a, b in spans)
 
 
 async def test_no_ranges_means_nothing_to_fetch():
-    async with server(chunked_200) as url:
+    async with serve(chunked_200) as url:
         data, _ = await read_all(url, ranges=[])
     assert data == b""
 
@@ -93,7 +79,7 @@ async def test_a_prefetch_that_arrived_late_but_in_time_pays_for_its_own_failure
         await resp.write(PAYLOAD[:b + 1 - a])
         return resp
 
-    async with server(handler) as url:
+    async with serve(handler) as url:
         with pytest.raises(rangestream.RetriesExhaustedError) as ei:
             await read_all(url, window=2, retry=Retry(attempts=0, backoff=0.001), timeouts=Timeouts(prefetch=5))
     assert isinstance(ei.value.__cause__, rangestream.TransientError)  # the cause is chained to the public error

@@ -13,6 +13,7 @@ from aiohttp import web
 import rangestream
 from rangestream import Retry, Timeouts
 from rangestream.origin import Origin, Profile
+from servers import serve
 
 FAST_RETRY = Retry(attempts=4, backoff=0.001, cap=0.01, jitter=0)
 KB = 1024
@@ -89,17 +90,8 @@ async def test_ignored_range_retry_skips_bytes_already_delivered():
         await resp.write(payload)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/x", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        data, stream = await fetch(f"http://127.0.0.1:{port}/x", chunk_size=64 * KB)
-    finally:
-        await runner.cleanup()
+    async with serve(handler) as url:
+        data, stream = await fetch(url, chunk_size=64 * KB)
     assert data == payload  # nothing repeated, nothing missing
     assert len(calls) == 2 and stream.stats.retries == 1
 
@@ -115,19 +107,10 @@ async def test_unknown_size_streams_to_eof():
             await resp.write(payload[i:i + 10_000])
         return resp
 
-    app = web.Application()
-    app.router.add_get("/u", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with rangestream.open_stream(f"http://127.0.0.1:{port}/u", chunk_size=16 * KB) as stream:
+    async with serve(handler) as url:
+        async with rangestream.open_stream(url, chunk_size=16 * KB) as stream:
             assert stream.size is None
             data = b"".join([p async for p in stream])
-    finally:
-        await runner.cleanup()
     assert data == payload
 
 
@@ -159,7 +142,7 @@ async def test_window_1_is_sequential(origin):
 
 async def test_window_2_prefetches_next_request_while_current_chunk_streams(origin):
     # Seed criterion: for a 2-chunk object, chunk 1's request starts before chunk 0 finishes.
-    origin.profile = Profile(ttfb=0.05, rate=2_000_000)
+    origin.profile = Profile(ttfb=0.05, rate=1_000_000)  # chunk 0 streams for 0.2 s
     size = 2 * 200 * KB
     data, stream = await fetch(origin.url(size, "pf", youtube=True), chunk_size=200 * KB, window=2)
     assert data == origin.content("pf", size)

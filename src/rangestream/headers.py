@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .errors import RangestreamError
 
-__all__ = ["CHROME_USER_AGENT", "IOS_USER_AGENT", "headers_for", "load_cookies", "cookie_header"]
+__all__ = ["CHROME_USER_AGENT", "IOS_USER_AGENT", "headers_for", "load_cookies", "cookie_header", "add_cookies"]
 
 CHROME_USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
                      "(KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36")
@@ -123,3 +123,15 @@ def cookie_header(jar: http.cookiejar.CookieJar, url: str) -> str | None:
     request = urllib.request.Request(url)
     jar.add_cookie_header(request)
     return request.get_header("Cookie")
+
+
+def add_cookies(headers: dict[str, str], jar: http.cookiejar.CookieJar | None, url: str) -> dict[str, str]:
+    """``headers`` with the cookies ``jar`` sends to ``url``; the caller's own Cookie header goes first."""
+    cookies = cookie_header(jar, url) if jar is not None else None
+    if cookies:
+        mine = next((k for k in headers if k.lower() == "cookie"), None)
+        if mine is None:
+            headers["Cookie"] = cookies
+        else:
+            headers[mine] = f"{headers[mine]}; {cookies}"
+    return headers

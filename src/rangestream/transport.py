@@ -21,7 +21,7 @@ import aiohttp
 from yarl import URL
 
 from .errors import InvalidURLError, RangestreamError, TransientError
-from .headers import cookie_header, headers_for
+from .headers import add_cookies, headers_for
 from .redact import redact_url
 
 log = logging.getLogger("rangestream")
@@ -157,15 +157,7 @@ class AiohttpTransport:
 
     def _headers(self, url: str, headers: Mapping[str, str]) -> dict[str, str]:
         out = headers_for(url, headers)
-        if self._cookies is not None:
-            cookies = cookie_header(self._cookies, url)
-            if cookies:
-                mine = next((k for k in out if k.lower() == "cookie"), None)
-                if mine is None:
-                    out["Cookie"] = cookies
-                else:  # the caller's own Cookie header goes first
-                    out[mine] = f"{out[mine]}; {cookies}"
-        return out
+        return add_cookies(out, self._cookies, url)
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
                       connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response:

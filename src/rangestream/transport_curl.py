@@ -64,7 +64,7 @@ from urllib.parse import urljoin, urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import InvalidURLError, RangestreamError, TransientError
-from .headers import _BROWSER, cookie_header, default_headers, merge_headers
+from .headers import _BROWSER, add_cookies, default_headers, merge_headers
 from .redact import redact_url
 from .transport import (_MAX_REDIRECTS, _REDIRECTS, HostPacer, Response, _host_key,
                         _proxy_auth_failed)
@@ -319,15 +319,7 @@ class CurlTransport:
                 if profile.get(name) == _BROWSER[name]:
                     del profile[name]
         out = merge_headers(profile, headers, {"Accept-Encoding": "identity"})
-        if self._cookies is not None:
-            cookies = cookie_header(self._cookies, url)
-            if cookies:
-                mine = next((k for k in out if k.lower() == "cookie"), None)
-                if mine is None:
-                    out["Cookie"] = cookies
-                else:  # the caller's own Cookie header goes first
-                    out[mine] = f"{out[mine]}; {cookies}"
-        return out
+        return add_cookies(out, self._cookies, url)
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
                       connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response:
