@@ -667,7 +667,7 @@ class Stream:
                 eta = (s.range.stop - s.pos) / max(rate, 1.0)
                 if best is None or eta > best[0]:
                     best = (eta, s)
-            if best is None or best[0] < 4 * _TICK:
+            if best is None or best[0] < max(2 * _TICK, 2 * (self._ttfb or 0.0)):
                 return
             victim = best[1]
         stop = victim.range.stop
