@@ -67,10 +67,11 @@ class Row:
 
 # --- rangestream in a child process ---------------------------------------------------------
 
-def default_max_buffer(window: int | str) -> int:
-    """The engine's documented default (fetcher.Stream docstring)."""
+def default_max_buffer(window: int | str, window_max: int | None = None) -> int:
+    """The engine's documented default (fetcher.Stream docstring): (window - 1) chunks for
+    window >= 3; for auto it follows the window, so its largest value is (window_max - 1) chunks."""
     if window == "auto":
-        return 3 * CHUNK
+        return (max(window_max or 2, 1) - 1) * CHUNK
     return 0 if window <= 2 else (window - 1) * CHUNK
 
 
@@ -117,6 +118,7 @@ def run_rangestream_child(label: str, url: str, size: int, sha: str, window: int
         why = f"timed out after {timeout:.0f} s" if timed_out else f"child exited with status {status}"
         return Row(Result(label, seconds, 0, ru.ru_utime + ru.ru_stime, False, why), label, timed_out, rss, mb, why)
     d = json.loads(text.splitlines()[-1])
+    mb = default_max_buffer(window, d.get("window_max"))
     note = f"retries {d['retries']}, window max {d['window_max']}, buffered peak {d['buffered_peak'] / 1e6:.1f} MB" \
         if d.get("buffered_peak") is not None else ""
     return Row(Result(label, d["seconds"], size, d["cpu"], d["ok"]), label, False, rss, mb, note)
