@@ -183,7 +183,7 @@ class _Terminal(Exception):
 
 # The controller's sampling period: short, so the window finds the link within
 # about half a second (measured-facts.md: reconsidering per chunk is too slow).
-_TICK = 0.1
+_TICK = 0.05
 # Never split a remainder into pieces smaller than this: a new request costs a round trip.
 _MIN_SPLIT = 256 << 10
 
