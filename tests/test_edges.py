@@ -119,3 +119,35 @@ async def test_slow_consumer_with_big_chunks_is_exact_and_bounded(origin, unorde
         assert h.hexdigest() == origin.sha256("slow", size)
     # budget + the head's queue + one large piece per reader
     assert s.stats.buffered_peak <= budget + rangestream.fetcher._HEAD_QUEUE + 3 * (4 << 20)
+
+
+def test_overlapping_or_unsorted_ranges_are_refused():
+    for spans in ([(0, 10), (5, 20)], [(100, 200), (0, 10)]):
+        with pytest.raises(ValueError):
+            rangestream.open_stream("http://127.0.0.1:9/x", ranges=spans)
+
+
+async def test_long_single_request_survives_spread_out_resets():
+    # A server that ignores Range, and resets the body every 40 000 bytes: each retry starts
+    # again from byte 0 and skips, and each makes a chunk's worth of progress, so five resets
+    # with attempts=2 still complete (the count restarts after a chunk's worth of progress).
+    calls = 0
+
+    async def handler(request):
+        nonlocal calls
+        calls += 1
+        resp = web.StreamResponse(status=200, headers={"Content-Length": str(len(PAYLOAD))})
+        await resp.prepare(request)
+        cut = 40_000 * calls
+        if cut < len(PAYLOAD):
+            await resp.write(PAYLOAD[:cut])
+            await asyncio.sleep(0.02)
+            request.transport.close()
+            return resp
+        await resp.write(PAYLOAD)
+        return resp
+
+    async with serve(handler) as url:
+        async with rangestream.open_stream(url, chunk_size=32 * KB, retry=Retry(attempts=2, backoff=0.001)) as s:
+            data = b"".join([p async for p in s])
+    assert data == PAYLOAD and calls == 7

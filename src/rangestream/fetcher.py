@@ -263,6 +263,8 @@ class Stream:
 
         # What is left to plan, in object order; chunks are cut from its front.
         spans = [ByteRange(a, b) for a, b in ranges] if ranges is not None else [ByteRange(0, self.size)]
+        if any(x.stop is None or x.stop > y.start for x, y in zip(spans, spans[1:])):
+            raise ValueError("ranges must be sorted and must not overlap (each byte is delivered once)")
         self._spans: deque[ByteRange] = deque(r for r in spans if r.stop is None or len(r) > 0)
         if self.size is not None:
             self._clip_spans()
@@ -749,12 +751,17 @@ class Stream:
         while True:
             url, gen = self._url, self._url_gen
             was_prefetch = not self._is_head(slot)
+            before = slot.pos
             try:
                 await self._attempt(slot, url)
                 if slot.range.stop is None or slot.pos >= slot.range.stop:
                     return
                 continue  # the server sent less than asked (some CDNs cap a range): ask for the rest
             except TransientError as e:
+                if slot.pos - before >= self._chunk_size:
+                    # "Attempts per chunk": an attempt that delivered a chunk's worth before
+                    # failing (one long request to a server ignoring Range) starts a fresh count.
+                    counted = 0
                 if slot.reissue:
                     slot.reissue = False  # abandoned by the controller as stalled: not this chunk's fault
                     self.stats.reissues += 1
