@@ -125,6 +125,16 @@ async def test_range_mode_query_to_stdout(origin, tmp_path):
     assert rc == 2 and "clen" in err and "Traceback" not in err
 
 
+async def test_impersonate_downloads_through_curl_cffi(origin, tmp_path):
+    size = 500 * 1000
+    url = origin.url(size, "imp", youtube=True)
+    rc, out, err = await run("get", url, "-o", "-", "--impersonate", "chrome", "--chunk-size", "128K",
+                             "--quiet", cwd=tmp_path)
+    assert rc == 0 and out == origin.content("imp", size), err
+    rc, _, err = await run("get", url, "-o", "-", "--impersonate", "netscape4", cwd=tmp_path)
+    assert rc == 2 and "Traceback" not in err, err
+
+
 async def test_resume_after_sigkill_fetches_only_what_is_missing(origin, tmp_path):
     size, name = 6 * MB, "killed"
     slow = origin.url(size, name, rate=300_000)

@@ -314,6 +314,8 @@ def make_client(args: argparse.Namespace):
         kw["cookies_file"] = args.cookies
     if getattr(args, "requests_per_second", None):
         kw["requests_per_second"] = args.requests_per_second
+    if getattr(args, "impersonate", None):
+        kw["impersonate"] = args.impersonate
     try:
         return Client(**kw)
     except (InvalidURLError, ValueError) as e:
@@ -1614,6 +1616,9 @@ def _network_options(p: argparse.ArgumentParser) -> None:
                    help="Netscape-format cookies file, as yt-dlp --cookies or curl -c write ($RANGESTREAM_COOKIES)")
     g.add_argument("--requests-per-second", type=_rate_arg, metavar="N",
                    help="at most N request starts per second per host (default: no limit)")
+    g.add_argument("--impersonate", metavar="BROWSER",
+                   help="present a real browser's TLS and HTTP/2 fingerprint (chrome, safari, firefox, "
+                        "or a version like chrome131); needs pip install 'rangestream[impersonate]'")
     g.add_argument("--refresh-command", metavar="CMD",
                    help="shell command that prints a fresh URL when the CDN says the URL expired (401/403), "
                         "e.g. 'yt-dlp -g -f 137 https://youtu.be/ID'; the old one is in $RANGESTREAM_EXPIRED_URL")
