@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import quote
 
+import aiohttp
 import av
 import pytest
 from aiohttp import web
@@ -335,3 +336,49 @@ def test_main_runs_prints_address_and_exits_0_on_ctrl_c():
             proc.kill()
     assert proc.returncode == 0
     assert err == ""
+
+
+async def test_failure_after_headers_closes_the_connection(origin, caplog):
+    """A body cut short must never look complete: the player's connection is closed."""
+    caplog.set_level(logging.WARNING)
+    size = 2_000_000
+    url = origin.url(size, "cut", youtube=True, fault="reset", fault_at=300_000)  # every attempt
+    async with serve() as client:
+        resp = await client.get(f"/stream?url={q(url)}")
+        assert resp.status == 200 and resp.headers["Content-Length"] == str(size)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    assert await origin.wait_idle()
+    assert "failed after the headers" in caplog.text
+    assert "Error handling request" not in caplog.text
+
+
+async def test_mux_failure_or_disconnect_after_headers(origin, caplog):
+    caplog.set_level(logging.WARNING)
+    # Longer than FFmpeg's probe (5 s of media), so output starts before the inputs end.
+    video = generate_clip("h264-fmp4", 12.0, width=128, height=96, fps=10)
+    origin.add_object("v.mp4", video, "video/mp4")
+    aurl = origin.add_object("a.m4a", generate_clip("aac-fmp4", 12.0, sample_rate=8000), "audio/mp4")
+    # On every attempt: the first fails at 45 %, its retry (resuming) at 90 %, then retries run out.
+    vurl = origin.media_url("v.mp4", fault="reset", fault_at=len(video) * 45 // 100)
+    async with serve() as client:
+        resp = await client.get(f"/mux?video={q(vurl)}&audio={q(aurl)}")
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        assert await origin.wait_idle()
+        # a player that leaves mid-output: both inputs stop
+        slow_v = origin.media_url("v.mp4", rate=20_000)
+        resp = await client.get(f"/mux?video={q(slow_v)}&audio={q(aurl)}")
+        assert resp.status == 200
+        await resp.content.readexactly(1000)
+        resp.close()
+        # (the audio, complete, may stay in the shared pool: wait for requests, not connections)
+        deadline = time.monotonic() + 3.0  # the video alone would take another 2 s or more
+        while any(r.end is None for r in origin.log) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        slow = [r for r in origin.log if r.query.get("rate")]
+        assert slow and all(r.end is not None and r.outcome == "client-closed" for r in slow)
+        assert sum(r.bytes_sent for r in slow) < len(video)
+    assert await origin.wait_idle()
+    assert "Error handling request" not in caplog.text

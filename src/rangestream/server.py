@@ -201,12 +201,16 @@ class GuardedTransport(AiohttpTransport):
     def __init__(self, guard: Guard, **options: Any) -> None:
         super().__init__(**options)
         self._guard = guard
+        self._resolvers: list[_PublicResolver] = []  # a connector does not close a resolver it was given
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             trace = aiohttp.TraceConfig()
             trace.on_request_start.append(self._on_request_start)
-            resolver = None if self._guard.allow_private else _PublicResolver()
+            resolver = None
+            if not self._guard.allow_private:
+                resolver = _PublicResolver()
+                self._resolvers.append(resolver)
             connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit_per_host,
                                              ttl_dns_cache=300, resolver=resolver)
             self._session = aiohttp.ClientSession(
@@ -214,6 +218,12 @@ class GuardedTransport(AiohttpTransport):
                 timeout=aiohttp.ClientTimeout(total=None), trust_env=False, trace_configs=[trace],
             )
         return self._session
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        resolvers, self._resolvers = self._resolvers, []
+        for resolver in resolvers:
+            await resolver.close()
 
     async def _on_request_start(self, session: Any, ctx: Any, params: Any) -> None:
         # Every hop (the transport follows redirects itself, one request each).
