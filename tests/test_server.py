@@ -48,6 +48,18 @@ async def serve(**options) -> AsyncIterator[TestClient]:
         yield client
 
 
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """caplog, with the "rangestream" loggers reaching it whatever other tests (the CLI's) set."""
+    def capture(level: int) -> None:
+        caplog.set_level(level)
+        for name in ("rangestream", "rangestream.server"):
+            caplog.set_level(level, logger=name)
+            monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    capture.caplog = caplog
+    return capture
+
+
 def q(url: str) -> str:
     return quote(url, safe="")
 
@@ -280,8 +292,9 @@ async def test_concurrency_cap_503(origin):
     assert await origin.wait_idle(timeout=5.0)
 
 
-async def test_upstream_errors_map_to_statuses_with_redacted_messages(origin, caplog):
-    caplog.set_level(logging.INFO)
+async def test_upstream_errors_map_to_statuses_with_redacted_messages(origin, logs):
+    logs(logging.INFO)
+    caplog = logs.caplog
     missing = f"{origin.base_url}/media/nothere?clen=100&{SECRET_SIG}"
     expired = origin.url(1000, "old", youtube=True, expire=time.time() - 60)
     sig = expired.split("sig=")[1].split("&")[0]
@@ -338,9 +351,10 @@ def test_main_runs_prints_address_and_exits_0_on_ctrl_c():
     assert err == ""
 
 
-async def test_failure_after_headers_closes_the_connection(origin, caplog):
+async def test_failure_after_headers_closes_the_connection(origin, logs):
     """A body cut short must never look complete: the player's connection is closed."""
-    caplog.set_level(logging.WARNING)
+    logs(logging.WARNING)
+    caplog = logs.caplog
     size = 2_000_000
     url = origin.url(size, "cut", youtube=True, fault="reset", fault_at=300_000)  # every attempt
     async with serve() as client:
@@ -353,8 +367,9 @@ async def test_failure_after_headers_closes_the_connection(origin, caplog):
     assert "Error handling request" not in caplog.text
 
 
-async def test_mux_failure_or_disconnect_after_headers(origin, caplog):
-    caplog.set_level(logging.WARNING)
+async def test_mux_failure_or_disconnect_after_headers(origin, logs):
+    logs(logging.WARNING)
+    caplog = logs.caplog
     # Longer than FFmpeg's probe (5 s of media), so output starts before the inputs end.
     video = generate_clip("h264-fmp4", 12.0, width=128, height=96, fps=10)
     origin.add_object("v.mp4", video, "video/mp4")
