@@ -425,3 +425,22 @@ async def test_mux_subcommand_to_file_and_stdout(origin, tmp_path):
     assert rc_s == 0 and out_s[:4] == b"\x1a\x45\xdf\xa3" and err_s == "", err_s  # Matroska on stdout
     assert rc_404 == 4 and "video" in err_404 and "404" in err_404, err_404
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no .part left by the failed one
+
+
+async def test_serve_subcommand_proxies_with_range(origin, tmp_path):
+    size = 300 * 1000
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rangestream", "serve", "--port", "0", "--allow-private",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        assert line.startswith("listening on http://127.0.0.1:")
+        base = line.removeprefix("listening on ")
+        import aiohttp
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/stream", params={"url": origin.url(size, "srv", youtube=True)},
+                                   headers={"Range": "bytes=1000-1999"}) as resp:
+                assert resp.status == 206 and await resp.read() == origin.content("srv", size)[1000:2000]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0

@@ -1689,6 +1689,8 @@ def build_parser() -> argparse.ArgumentParser:
     _network_options(mux)
     _output_options(mux)
 
+    sub.add_parser("serve", help="HTTP service: /stream?url= (a Range-capable proxy) and /mux?video=&audio= "
+                                 "(rangestream serve --help for its flags)", add_help=False)
     sub.add_parser("origin", help="run the emulated CDN (rangestream origin --help for its flags)",
                    add_help=False)
 
@@ -1714,6 +1716,10 @@ def main(argv: list[str] | None = None) -> int:
         from .origin import main as origin_main
 
         return origin_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from .server import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
