@@ -444,3 +444,12 @@ async def test_serve_subcommand_proxies_with_range(origin, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_stdout_keeps_every_byte_before_a_failure(origin, tmp_path):
+    size, chunk = 3 * MB, 1 * MB
+    origin.inject("status", status=404, name="tail", start=2 * chunk, count=5)
+    rc, out, err = await run("get", origin.url(size, "tail", youtube=True), "-o", "-", "--window", "1",
+                             "--chunk-size", "1M", "--quiet", cwd=tmp_path)
+    assert rc == 4, err
+    assert out == origin.content("tail", size)[: 2 * chunk]  # all that arrived, nothing after

@@ -22,3 +22,12 @@ def test_proxy_credentials_and_token_like_params_masked():
 def test_no_secret_survives(secret):
     for url in (f"https://h/p?sig={secret}", f"http://u:{secret}@h/p", f"https://h/p?a=1&token={secret}&b=2"):
         assert secret not in redact_url(url)
+
+
+def test_free_text_masks_urls_and_secret_pairs():
+    from rangestream.redact import redact_text
+
+    text = "[generic] videoplayback?id=x&clen=1000&sig=SECRET1&lsig=SECRET2: see http://u:SECRET3@h/p?n=SECRET4&itag=1"
+    out = redact_text(text)
+    assert "SECRET" not in out
+    assert "clen=1000" in out and "itag=1" in out and "[generic] videoplayback?id=x" in out

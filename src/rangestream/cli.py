@@ -49,7 +49,7 @@ from .errors import (
     URLExpiredError,
 )
 from .plan import DEFAULT_CHUNK_SIZE, missing_ranges, parse_size, url_param
-from .redact import redact_url
+from .redact import redact_text, redact_url
 
 __all__ = ["main", "EXIT_CODES"]
 
@@ -1041,6 +1041,8 @@ async def _get_url(ctx: Context, url: str, default_name: str) -> int:
 
 
 def _check_stdout(args: argparse.Namespace) -> None:
+    if sys.stdout is None:
+        raise UsageError("stdout is closed: give -o FILE, or run with stdout open")
     if sys.stdout.isatty() and not args.force:
         raise UsageError("refusing to write binary data to a terminal: redirect stdout, "
                          "or use -o FILE (--force to insist)")
@@ -1068,10 +1070,17 @@ async def _get_stdout(ctx: Context, url: str) -> int:
 
                 async with ticking(tick):
                     try:
-                        async for data in stream:
-                            if hasher is not None:
-                                hasher.update(data)
-                            await writer.write(data)
+                        try:
+                            async for data in stream:
+                                if hasher is not None:
+                                    hasher.update(data)
+                                await writer.write(data)
+                        except RangestreamError:
+                            # What arrived before the failure is the consumer's: hand it over, so
+                            # the bytes out match the error's "after N bytes".
+                            with contextlib.suppress(OSError):
+                                await writer.close()
+                            raise
                         await writer.close()
                     except OSError as e:
                         if _is_broken_pipe(e):
@@ -1549,6 +1558,7 @@ def _execute(args: argparse.Namespace, display: Display, summary: Summary,
             code = EXIT_BROKEN_PIPE
         else:
             code, message, hint = classify(e)
+            message = redact_text(message)  # last line of defence: no signature or password leaves
             summary.error = message
             if getattr(args, "debug", False):
                 traceback.print_exception(e)
@@ -1711,6 +1721,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers are installed
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "origin":
         from .origin import main as origin_main

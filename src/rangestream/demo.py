@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -33,6 +34,16 @@ from .origin import PROFILES, object_bytes
 
 OBJECT = "demo"
 BAR = 40
+
+
+def _die_with_parent() -> None:
+    """In the origin child, before exec: on Linux, be killed when the demo dies, even by
+    SIGKILL, so no emulated CDN is left listening after a crashed demo."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -83,7 +94,8 @@ class OriginProcess:
     async def start(self, timeout: float = 20.0) -> str:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "rangestream.origin", "--profile", self.profile, "--port", "0",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=self._err)
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=self._err,
+            preexec_fn=_die_with_parent)
         assert self.proc.stdout is not None
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)

@@ -45,3 +45,15 @@ def redact_url(url: str | None) -> str:
             [(k, MASK if is_secret_param(k) else v) for k, v in pairs], safe="/,:"
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# name=value pairs anywhere in free text (yt-dlp names a generic video after its URL's
+# last path part *with* its query, so secrets appear outside any http:// URL).
+_PAIR_IN_TEXT = re.compile(r"(?<![\w-])([A-Za-z][\w.-]*)=([^&\s\"'<>;,]+)")
+_URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.-]*://[^\s\"'<>]+", re.I)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL redacted and every secret-named ``name=value`` masked."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return _PAIR_IN_TEXT.sub(lambda m: f"{m.group(1)}={MASK}" if is_secret_param(m.group(1)) else m.group(0), text)

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 from .errors import RangestreamError
 from .plan import size_from_url, url_param
-from .redact import redact_url
+from .redact import redact_text, redact_url
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -272,11 +272,10 @@ def output_name(title: str | None, ext: str | None, fallback: str = "download") 
 # -- yt-dlp -------------------------------------------------------------------------------------
 
 
-_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
 
 
 def _redact_text(text: str) -> str:
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return redact_text(text)
 
 
 class _YdlLogger:
@@ -304,13 +303,17 @@ def _ytdlp_extract(page_url: str, options: dict[str, Any]) -> dict[str, Any]:
         raise ResolverUnavailable() from None
     options = dict(options)
     cookies_copy = None
-    if options.get("cookiefile"):
-        # yt-dlp writes its cookie jar back to cookiefile when it closes: work on a copy.
-        fd, cookies_copy = tempfile.mkstemp(prefix="rangestream-cookies-", suffix=".txt")
-        os.close(fd)
-        shutil.copyfile(options["cookiefile"], cookies_copy)
-        options["cookiefile"] = cookies_copy
     try:
+        if options.get("cookiefile"):
+            # yt-dlp writes its cookie jar back to cookiefile when it closes: work on a copy.
+            fd, cookies_copy = tempfile.mkstemp(prefix="rangestream-cookies-", suffix=".txt")
+            os.close(fd)
+            try:
+                shutil.copyfile(options["cookiefile"], cookies_copy)
+            except OSError as e:
+                raise RangestreamError(f"cannot read cookies file {options['cookiefile']}: "
+                                       f"{e.strerror or e}") from None
+            options["cookiefile"] = cookies_copy
         with yt_dlp.YoutubeDL(options) as ydl:
             info = ydl.extract_info(page_url, download=False)
             return ydl.sanitize_info(info)
