@@ -574,10 +574,15 @@ async def test_memory_stays_bounded_when_the_sink_is_slow():
     sink = AsyncSink(block=True)
     task = asyncio.create_task(mux(v, a, sink, "mkv", queue_bytes=8192, read_size=8192))
     await asyncio.wait_for(sink.blocked.wait(), 10)
-    await asyncio.sleep(0.3)
-    stalled = v.sent
-    await asyncio.sleep(0.2)
-    assert v.sent == stalled < len(video) // 2
+    stalled = -1
+    for _ in range(50):  # wait (up to 5 s) until reading has stopped for a tick
+        if v.sent == stalled:
+            break
+        stalled = v.sent
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the inputs were read on although the sink never took a byte")
+    assert stalled < len(video) // 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
