@@ -453,3 +453,22 @@ async def test_stdout_keeps_every_byte_before_a_failure(origin, tmp_path):
                              "--chunk-size", "1M", "--quiet", cwd=tmp_path)
     assert rc == 4, err
     assert out == origin.content("tail", size)[: 2 * chunk]  # all that arrived, nothing after
+
+
+async def test_a_part_file_shorter_than_its_sidecar_is_not_trusted(origin, tmp_path):
+    # What a concurrent run that just finished (renamed FILE.part away) leaves a second run:
+    # a sidecar listing spans and an empty FILE.part. The second run must start over.
+    size, name = 3 * MB, "short"
+    slow = origin.url(size, name, rate=600_000)
+    proc = await start("get", slow, "-o", "f.bin", "--chunk-size", "512K", "--window", "2", cwd=tmp_path)
+    sidecar = tmp_path / "f.bin.part.json"
+    await wait_for_sidecar(proc, sidecar, 512 * 1024)
+    proc.kill()
+    await proc.wait()
+    (tmp_path / "f.bin.part").write_bytes(b"")
+    rc, _, err = await run("get", origin.url(size, name), "-o", "f.bin", "--chunk-size", "512K", cwd=tmp_path)
+    assert rc == 0, err
+    # the spans the sidecar listed were not trusted: either trimmed to the file before opening,
+    # or refused under the lock ("shorter than its sidecar says") when the race is that tight
+    assert "0 B of 3.0 MB already there" in err or "shorter than its sidecar says" in err
+    assert (tmp_path / "f.bin").read_bytes() == origin.content(name, size)

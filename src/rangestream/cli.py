@@ -1192,6 +1192,13 @@ async def _download_into(ctx: Context, client, url: str, part: PartFile,
         part.open(fresh=False)
         part.size, part.etag, part.last_modified = state.size, state.etag, state.last_modified
         part.spans = Spans([tuple(x) for x in state.done])  # type: ignore[misc]
+        listed_end = max((stop for _, stop in state.done), default=0)
+        assert part.fd is not None
+        if os.fstat(part.fd).st_size < listed_end:
+            # Checked under the lock: another run may have finished (renamed FILE.part away)
+            # between our reading the sidecar and opening, leaving us a new, empty file.
+            part.close()
+            return f"{part.path} is shorter than its sidecar says"
         if state.lmt and part.lmt and state.lmt != part.lmt:
             part.close()
             return f"the URL's lmt changed ({state.lmt} -> {part.lmt}): another version of the object"
