@@ -35,6 +35,7 @@ async def test_window_4_reads_bodies_in_parallel_and_stays_in_order(origin):
     assert overlap(origin.log) >= 3  # bodies really flowed at once, on separate connections
     assert len({r.peer for r in origin.log}) >= 3
     # the engine's own per-connection accounting agrees with the origin's
+    assert await origin.wait_idle()  # ...once the origin's handlers have finished their books
     per_peer: dict[str, int] = {}
     for r in origin.log:
         per_peer[r.peer] = per_peer.get(r.peer, 0) + r.bytes_sent
