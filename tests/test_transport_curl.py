@@ -108,7 +108,10 @@ async def test_close_mid_body_of_a_throttled_response_aborts_at_once(origin, cur
 async def test_cancel_while_waiting_for_headers_closes_the_connection(origin, curl):
     origin.inject("delay", name="slowhdr", delay=10)
     task = asyncio.create_task(_request(curl, origin.url(100 * KB, "slowhdr")))
-    await asyncio.sleep(0.2)
+    for _ in range(100):  # up to 5 s for the connection to be up
+        if origin.open_connections == 1:
+            break
+        await asyncio.sleep(0.05)
     assert origin.open_connections == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -162,7 +165,11 @@ async def test_headers_only_prefetch_buffers_at_most_the_limit(origin):
     t = CurlTransport("chrome", buffer_limit=256 * KB, recv_buffer=64 * KB)
     try:
         resp = await _request(t, origin.url(50 * MB, "pre"))
-        await asyncio.sleep(0.3)
+        for _ in range(100):  # up to 5 s for the queue to fill while nobody reads
+            if t.buffered_peak >= 256 * KB:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # and a while longer: it must stay capped, not grow
         assert 0 < t.buffered_peak <= 256 * KB + 16 * KB
         data = await _read_all(resp)
         resp.close()
