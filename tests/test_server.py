@@ -374,14 +374,23 @@ async def test_mux_failure_or_disconnect_after_headers(origin, logs):
     video = generate_clip("h264-fmp4", 12.0, width=128, height=96, fps=10)
     origin.add_object("v.mp4", video, "video/mp4")
     aurl = origin.add_object("a.m4a", generate_clip("aac-fmp4", 12.0, sample_rate=8000), "audio/mp4")
-    # On every attempt: the first fails at 45 %, its retry (resuming) at 90 %, then retries run out.
-    vurl = origin.media_url("v.mp4", fault="reset", fault_at=len(video) * 45 // 100)
+    # The video stops cleanly at 90 % (a truncation: the client reads every byte sent, unlike
+    # a reset whose RST can discard what is still unread), and every retry gets a 404: a
+    # terminal failure well after the output started.
+    origin.inject("truncate", name="v.mp4", at=len(video) * 90 // 100)
+    origin.inject("status", status=404, name="v.mp4")  # a 404 is not retried: one is enough
+    vurl = origin.media_url("v.mp4")
     async with serve() as client:
         resp = await client.get(f"/mux?video={q(vurl)}&audio={q(aurl)}")
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
-        assert await origin.wait_idle()
+        # every upstream request ended (complete responses may keep their connection in the pool)
+        deadline = time.monotonic() + 3.0
+        while any(r.end is None for r in origin.log) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert all(r.end is not None for r in origin.log)
+        assert [r.status for r in origin.log if r.name == "v.mp4"][:2] == [206, 404]
         # a player that leaves mid-output: both inputs stop
         slow_v = origin.media_url("v.mp4", rate=20_000)
         resp = await client.get(f"/mux?video={q(slow_v)}&audio={q(aurl)}")
