@@ -31,3 +31,10 @@ def test_free_text_masks_urls_and_secret_pairs():
     out = redact_text(text)
     assert "SECRET" not in out
     assert "clen=1000" in out and "itag=1" in out and "[generic] videoplayback?id=x" in out
+
+
+def test_path_style_googlevideo_signatures_masked():
+    url = "https://rr3.googlevideo.com/videoplayback/id/abc/itag/137/sig/PATHSECRET1/lsig/PATHSECRET2/clen/100/file/index.m4s"
+    out = redact_url(url)
+    assert "PATHSECRET" not in out and "/itag/137/" in out and "/clen/100/" in out
+    assert redact_url("http://h/data/n/100.bin") == "http://h/data/n/100.bin"  # only googlevideo's form

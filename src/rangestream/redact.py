@@ -38,13 +38,21 @@ def redact_url(url: str | None) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{MASK}@" + netloc.rsplit("@", 1)[1]
+    path = parts.path
+    if "/videoplayback/" in path:
+        # googlevideo's path form carries the same pairs as /name/value/ segments.
+        segs = path.split("/")
+        for i in range(len(segs) - 1):
+            if segs[i] and is_secret_param(segs[i]):
+                segs[i + 1] = MASK
+        path = "/".join(segs)
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
             [(k, MASK if is_secret_param(k) else v) for k, v in pairs], safe="/,:"
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
 
 
 # name=value pairs anywhere in free text (yt-dlp names a generic video after its URL's
