@@ -426,6 +426,16 @@ async def test_mux_subcommand_to_file_and_stdout(origin, tmp_path):
     assert rc_404 == 4 and "video" in err_404 and "404" in err_404, err_404
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no .part left by the failed one
 
+    # another run holding out2.mp4.part: refused, and its file is left alone
+    import fcntl
+    with open(tmp_path / "out2.mp4.part", "wb") as held:
+        held.write(b"theirs")
+        held.flush()
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        rc_busy, _, err_busy = await run("mux", vurl, aurl, "-o", "out2.mp4", cwd=tmp_path)
+        assert rc_busy == 1 and "being written by another rangestream run" in err_busy, err_busy
+        assert (tmp_path / "out2.mp4.part").read_bytes() == b"theirs"
+
 
 async def test_serve_subcommand_proxies_with_range(origin, tmp_path):
     size = 300 * 1000

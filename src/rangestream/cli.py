@@ -1315,17 +1315,35 @@ def _container_of(path: str) -> str | None:
     return _CONTAINERS.get(os.path.splitext(path)[1].lower())
 
 
+def _open_locked(path: str) -> Any:
+    """``path`` opened for writing under an exclusive lock, emptied; refused if another run holds it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        raise local_io_error(e, path, "open") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RangestreamError(f"{path} is being written by another rangestream run") from None
+    os.ftruncate(fd, 0)
+    return os.fdopen(fd, "wb")
+
+
 async def _mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], out: str, fmt: str) -> int:
     """Fetch the (video, audio) inputs, each ``(name, url, stream options)``, and mux them into
     ``out`` (via ``out.part``, renamed when complete) or stdout (``-``)."""
     from .mux import mux as mux_streams  # PyAV loads only for this subcommand
 
     args, display, summary = ctx.args, ctx.display, ctx.summary
+    part = out + ".part"
+    part_file = None
     if out == "-":
         _check_stdout(args)
         sink: Any = "-"
     else:
-        sink = out + ".part"
+        part_file = _open_locked(part)  # a second run to the same output must not truncate ours
+        sink = part_file
     summary.output = out
     started = time.monotonic()
     streams: dict[str, Any] = {}
@@ -1348,17 +1366,21 @@ async def _mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]],
             async with ticking(tick):
                 result = await mux_streams(v, a, sink, fmt)
             display.stop()
-        if sink != "-":
+        if part_file is not None:
             try:
-                os.replace(sink, out)
+                part_file.flush()
+                os.replace(part, out)  # still under our lock
             except OSError as e:
                 raise local_io_error(e, out, "rename to") from e
     except BaseException:
-        if sink != "-":
+        if part_file is not None:
             with contextlib.suppress(OSError):
-                os.unlink(sink)
+                os.unlink(part)  # ours: we hold its lock
         raise
     finally:
+        if part_file is not None:
+            with contextlib.suppress(OSError):
+                part_file.close()
         display.stop()
         summary.seconds = time.monotonic() - started
         for s in streams.values():
