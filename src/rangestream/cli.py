@@ -196,33 +196,30 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _int_at_least(text: str, least: int, not_int: str, too_small: str) -> int:
+    """``text`` as an int >= ``least``; the messages name what was wrong (``{text}``, ``{n}``)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(not_int.format(text=repr(text))) from None
+    if n < least:
+        raise argparse.ArgumentTypeError(too_small.format(n=n))
+    return n
+
+
 def _window_arg(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a window: {text!r} (an integer >= 1, or 'auto')") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"window must be >= 1 or 'auto', not {n}")
-    return n
+    return _int_at_least(text, 1, "not a window: {text} (an integer >= 1, or 'auto')",
+                         "window must be >= 1 or 'auto', not {n}")
 
 
 def _count_arg(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {n}")
-    return n
+    return _int_at_least(text, 0, "not an integer: {text}", "must be >= 0, not {n}")
 
 
 def _positive_int_arg(text: str) -> int:
-    n = _count_arg(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {n}")
-    return n
+    return _int_at_least(text, 1, "not an integer: {text}", "must be >= 1, not {n}")
 
 
 def _seconds_arg(text: str, *, allow_zero: bool = False) -> float:

@@ -49,6 +49,7 @@ from .plan import (
     DEFAULT_CHUNK_SIZE,
     AutoWindow,
     ByteRange,
+    next_chunk,
     parse_content_range,
     size_from_url,
     url_param,
@@ -472,12 +473,13 @@ class Stream:
                 self._probe_open = True
                 return ByteRange(span.start, span.start + self._chunk_size)
             return span
-        stop = min(span.start + self._chunk_size, span.stop)
-        if stop >= span.stop:
+        chunk = next_chunk(span.start, span.stop, self._chunk_size)  # the pure, tested planner
+        assert chunk is not None and chunk.stop is not None  # spans are never empty
+        if chunk.stop >= span.stop:
             self._spans.popleft()
         else:
-            self._spans[0] = ByteRange(stop, span.stop)
-        return ByteRange(span.start, stop)
+            self._spans[0] = ByteRange(chunk.stop, span.stop)
+        return chunk
 
     def _fill_window(self) -> None:
         """Start chunks while fewer than ``window`` requests are running.
