@@ -23,6 +23,9 @@ __all__ = [
     "RetriesExhaustedError",
     "ObjectChangedError",
     "TransientError",
+    "TLSError",
+    "ProxyError",
+    "TooManyRedirectsError",
     "MuxError",
 ]
 
@@ -95,6 +98,26 @@ class ObjectChangedError(StreamError):
     Continuing would splice two versions of the object together, so the stream
     stops instead.
     """
+
+
+class TLSError(StreamError):
+    """The TLS handshake failed (an untrusted or invalid certificate, a protocol error).
+
+    Retrying does not fix a certificate: trust the server's CA (``cacert=``,
+    ``SSL_CERT_FILE``) or, knowingly, turn verification off (``insecure=True``).
+    """
+
+
+class ProxyError(StreamError):
+    """The proxy refused to carry the request (HTTP 407: its credentials are missing or wrong)."""
+
+    def __init__(self, message: str, *, status: int | None = None, **kw) -> None:
+        self.status = status
+        super().__init__(message, **kw)
+
+
+class TooManyRedirectsError(StreamError):
+    """The server redirected more times than allowed (a redirect loop)."""
 
 
 class TransientError(RangestreamError):
