@@ -732,6 +732,10 @@ class Stream:
             await self._fetch_chunk(slot)
         except _Terminal as t:
             slot.error = t.error
+        except StreamError as e:  # terminal by nature (TLSError, ProxyError, TooManyRedirectsError...)
+            e.url = e.url or redact_url(self._url)
+            e.attempts = e.attempts or slot.trace.requests
+            slot.error = e
         except RangestreamError as e:  # e.g. InvalidURLError from the transport
             slot.error = StreamError(str(e), url=self._url, attempts=slot.trace.requests)
             slot.error.__cause__ = e
