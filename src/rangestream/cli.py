@@ -1761,7 +1761,7 @@ def _main(argv: list[str] | None = None) -> int:
 
         return origin_main(argv[1:])
     if argv and argv[0] == "serve":
-        from .server import main as serve_main
+        from .service import main as serve_main
 
         return serve_main(argv[1:])
     parser = build_parser()
