@@ -38,3 +38,40 @@ def test_path_style_googlevideo_signatures_masked():
     out = redact_url(url)
     assert "PATHSECRET" not in out and "/itag/137/" in out and "/clen/100/" in out
     assert redact_url("http://h/data/n/100.bin") == "http://h/data/n/100.bin"  # only googlevideo's form
+
+
+_SECRETS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=8, max_size=24)
+
+
+@given(secret=_SECRETS, sep=st.sampled_from(["&", ";"]), first=st.booleans(), name=st.sampled_from(
+    ["sig", "lsig", "X-Amz-Signature", "token", "hdnts", "__token__", "hmac"]))
+def test_semicolon_separated_and_akamai_query_pairs_masked(secret, sep, first, name):
+    pair = f"{name}={secret}"
+    query = f"{pair}{sep}itag=137" if first else f"itag=137{sep}{pair}{sep}clen=100"
+    url = f"https://cdn.example/v.mp4?{query}"
+    from rangestream.redact import redact_text
+
+    for out in (redact_url(url), redact_text(f"failed: {url} (retry)"), redact_text(f"got {query} back")):
+        assert secret not in out, out
+        assert "itag=137" in out
+
+
+@given(secret=_SECRETS, where=st.sampled_from(["query", "cookie", "path", "text"]))
+def test_akamai_token_hmac_masked_wherever_it_appears(secret, where):
+    from rangestream.redact import redact_text
+
+    token = f"exp=1735689600~acl=/video/*~hmac={secret}"
+    text = {"query": f"https://a.akamaized.net/v.mp4?hdnts={token}&x=1",
+            "cookie": f"Set-Cookie: hdntl={token}; path=/",
+            "path": f"https://a.akamaized.net/__token__={token}/v.mp4",
+            "text": f"token rejected: {token}"}[where]
+    out = redact_text(text)
+    assert secret not in out and MASK in out, out
+    if where != "text":
+        assert secret not in redact_url(text.removeprefix("Set-Cookie: "))
+    if where == "path":
+        assert redact_url(text).endswith("~hmac=REDACTED/v.mp4")  # only the secret goes
+
+
+def test_path_parameters_with_secrets_masked():
+    assert redact_url("https://h/a/v.mp4;sig=PSECRET1;itag=1/x?a=1") == f"https://h/a/v.mp4;sig={MASK};itag=1/x?a=1"

@@ -392,3 +392,37 @@ async def test_cli_page_url_errors(origin, tmp_path):
     assert rc == 2 and "--format" in err
     rc, err = await run("get", "--resolve", origin.base_url + "/media/none", cwd=tmp_path)
     assert rc == 4 and "cannot resolve" in err and "404" in err, err
+
+
+# -- secrets in a failing hook's text (issue 9, item 11) ---------------------------------
+
+
+async def test_refresh_hook_error_text_and_its_cause_chain_show_no_secret(origin):
+    import traceback
+
+    import rangestream
+
+    url = origin.url(10 * 1024, "hooksecret", youtube=True, expire=time.time() - 10)
+    signed = "https://rr9.googlevideo.com/videoplayback?id=x&itag=137&sig=HOOKSIG1;lsig=HOOKSIG2&clen=9"
+    akamai = "https://a.akamaized.net/v.mp4?hdnts=exp=1~acl=/*~hmac=HOOKHMAC3"
+    proxy = "http://alice:HOOKPASSWORD4@proxy.example:3128"
+
+    async def refresh(old: str) -> str:
+        try:
+            raise ConnectionError(f"proxy {proxy} refused CONNECT for {akamai}")
+        except ConnectionError as low:
+            err = RuntimeError(f"resolver gave {signed} and failed")
+            err.add_note(f"retried through {proxy}")
+            raise err from low
+
+    with pytest.raises(rangestream.URLExpiredError) as ei:
+        async with rangestream.open_stream(url, refresh=refresh) as stream:
+            async for _ in stream:
+                pass
+    shown = str(ei.value) + "\n" + "".join(traceback.format_exception(ei.value))
+    for secret in ("HOOKSIG1", "HOOKSIG2", "HOOKHMAC3", "HOOKPASSWORD4", "alice:"):
+        assert secret not in shown, shown
+    # Still says what went wrong, and the chain keeps every link (type names, redacted text).
+    assert "URL refresh failed: RuntimeError: resolver gave https://rr9.googlevideo.com/" in str(ei.value)
+    assert "ConnectionError: proxy http://REDACTED@proxy.example:3128" in shown
+    assert "retried through http://REDACTED@proxy.example:3128" in shown

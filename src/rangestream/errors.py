@@ -12,7 +12,7 @@ worth retrying; the engine only lets it escape wrapped in
 
 from __future__ import annotations
 
-from .redact import redact_url
+from .redact import redact_text, redact_url
 
 __all__ = [
     "RangestreamError",
@@ -27,6 +27,8 @@ __all__ = [
     "ProxyError",
     "TooManyRedirectsError",
     "MuxError",
+    "RedactedError",
+    "redacted",
 ]
 
 
@@ -135,3 +137,44 @@ class MuxError(RangestreamError):
     def __init__(self, message: str, *, input: str | None = None) -> None:
         self.input = input
         super().__init__(f"{input}: {message}" if input else message)
+
+
+class RedactedError(RangestreamError):
+    """Stands in for an exception whose text may hold secrets (a refresh hook's error, a
+    command's output): ``"Type: text"`` with the text through
+    :func:`~rangestream.redact.redact_text`, the original's traceback (its frames show code,
+    not values), and its causes and notes redacted the same way. ``original_type`` is the
+    original's class."""
+
+    original_type: type[BaseException]
+
+
+def redacted(exc: BaseException) -> RedactedError:
+    """A copy of ``exc`` and its whole ``__cause__``/``__context__`` chain safe to print
+    (``traceback.print_exception`` shows every link of the chain, so each must be clean)."""
+    copies: dict[int, RedactedError] = {}
+
+    def copy(e: BaseException | None, depth: int) -> RedactedError | None:
+        if e is None or depth > 32:
+            return None
+        if id(e) in copies:  # a cycle, or cause and context being the same exception
+            return copies[id(e)]
+        try:
+            text = str(e)
+        except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure
+            text = "<unprintable>"
+        r = RedactedError(redact_text(f"{type(e).__qualname__}: {text}" if text else type(e).__qualname__))
+        copies[id(e)] = r
+        r.original_type = type(e)
+        r.__traceback__ = e.__traceback__
+        notes = getattr(e, "__notes__", None)
+        if isinstance(notes, list):
+            r.__notes__ = [redact_text(str(n)) for n in notes]
+        r.__cause__ = copy(e.__cause__, depth + 1)
+        r.__context__ = copy(e.__context__, depth + 1)
+        r.__suppress_context__ = e.__suppress_context__
+        return r
+
+    result = copy(exc, 0)
+    assert result is not None
+    return result

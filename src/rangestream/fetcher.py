@@ -996,10 +996,14 @@ class Stream:
             try:
                 new_url = await self._refresh_hook(self._url)
             except Exception as e:
-                # The hook's own text may embed a full signed URL: show only a redacted form.
-                what = redact_url(str(e)) if isinstance(e, RangestreamError) else type(e).__name__
+                # The hook's text (a signed URL it tried, a command's output, a proxy URL) may hold
+                # secrets, and so may its cause chain, which a traceback (--debug) prints: show
+                # only redacted copies of both. (Local import: this method is the only user.)
+                from .errors import redacted
+                from .redact import redact_text
+                what = redact_text(str(e) if isinstance(e, RangestreamError) else f"{type(e).__name__}: {e}")
                 raise _Terminal(URLExpiredError(status, f"URL refresh failed: {what}", url=self._url,
-                                                attempts=slot.trace.requests), cause=e) from None
+                                                attempts=slot.trace.requests), cause=redacted(e)) from None
             if not isinstance(new_url, str) or not new_url.lower().startswith(("http://", "https://")):
                 raise _Terminal(URLExpiredError(status, "URL refresh hook returned no usable URL",
                                                 url=self._url, attempts=slot.trace.requests))
