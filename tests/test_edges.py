@@ -86,9 +86,10 @@ async def test_a_prefetch_that_arrived_late_but_in_time_pays_for_its_own_failure
 
 
 @pytest.mark.parametrize("unordered", [False, True])
-async def test_slow_consumer_with_big_chunks_is_exact_and_bounded(origin, unordered):
+async def test_slow_consumer_with_big_chunks_is_exact(origin, unordered):
     # Big chunks, a parallel window and a slow consumer: the set-up where a split could
-    # duplicate bytes or run past the budget.
+    # duplicate bytes. Its memory is measured on a real process in test_memory.py (a bound
+    # here would exceed this 12 MB object, so it could not fail).
     origin.profile = Profile(rate=20 * MB)
     size, chunk, budget = 12 * MB, 4 * MB, 4 * MB
     url = origin.url(size, "slow", youtube=True)
@@ -117,8 +118,6 @@ async def test_slow_consumer_with_big_chunks_is_exact_and_bounded(origin, unorde
         assert data == origin.content("slow", size)
     else:
         assert h.hexdigest() == origin.sha256("slow", size)
-    # budget + the head's queue + one large piece per reader
-    assert s.stats.buffered_peak <= budget + rangestream.fetcher._HEAD_QUEUE + 3 * (4 << 20)
 
 
 def test_overlapping_or_unsorted_ranges_are_refused():

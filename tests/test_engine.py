@@ -403,23 +403,8 @@ async def test_unreachable_host_is_a_typed_error():
 
 
 # -- 8. memory ------------------------------------------------------------------
-
-@pytest.mark.parametrize("window,max_buffer", [(2, None), (4, 300 * KB)])
-async def test_slow_consumer_keeps_memory_bounded(origin, window, max_buffer):
-    size, chunk = 3_000_000, 200 * KB
-    url = origin.url(size, f"mem{window}", youtube=True)
-    h = hashlib.sha256()
-    async with rangestream.open_stream(url, chunk_size=chunk, window=window, max_buffer=max_buffer,
-                                       retry=FAST_RETRY) as stream:
-        n = 0
-        async for piece in stream:
-            h.update(piece)
-            n += 1
-            if n % 4 == 0:
-                await asyncio.sleep(0.005)  # a consumer slower than loopback
-    assert h.hexdigest() == origin.sha256(f"mem{window}", size)
-    budget = (max_buffer or 0) + rangestream.fetcher._HEAD_QUEUE + 2 * (1 << 20)
-    assert 0 < stream.stats.buffered_peak <= budget
+# Measured on a real process in test_memory.py: a slow consumer of a 256 MB object, peak RSS
+# against the documented bound (an engine counter checked on a 3 MB object could not fail).
 
 
 # -- the seed's prefetch criteria ------------------------------------------------
