@@ -224,7 +224,7 @@ async def test_default_name_env_defaults_and_json_file(origin, tmp_path):
 
 
 USAGE_CASES = [
-    (["get", "http://x/", "--window", "0"], "window must be >= 1 or 'auto'"),
+    (["get", "http://x/", "--window", "0"], "window must be 1..64 or 'auto'"),
     (["get", "http://x/", "--chunk-size", "lots"], "not a size: 'lots'"),
     (["get", "http://x/", "--retries", "-1"], "must be >= 0"),
     (["get", "http://x/", "--backoff", "soon"], "not a number of seconds"),

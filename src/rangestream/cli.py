@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import errno
@@ -30,9 +31,11 @@ import select
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
 import traceback
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,9 +46,12 @@ from .errors import (
     InvalidURLError,
     MuxError,
     ObjectChangedError,
+    ProxyError,
     RangestreamError,
     RetriesExhaustedError,
     StreamError,
+    TLSError,
+    TooManyRedirectsError,
     URLExpiredError,
 )
 from .plan import DEFAULT_CHUNK_SIZE, missing_ranges, parse_size, url_param
@@ -64,6 +70,7 @@ EXIT_NETWORK = 3
 EXIT_HTTP = 4
 EXIT_CHANGED = 5
 EXIT_LOCAL_IO = 6
+EXIT_PROXY = 7
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C); SIGTERM gives 143
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (like a process killed by SIGPIPE)
 
@@ -71,10 +78,14 @@ EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_FAILURE: "other failure (a bug, an undecodable input to mux, ...)",
     EXIT_USAGE: "usage: bad flag, bad value, bad URL",
-    EXIT_NETWORK: "network: host unreachable, connection failures or timeouts outlasted --retries",
-    EXIT_HTTP: "HTTP error status (404, 410, ...) or an expired/forbidden URL that cannot be refreshed",
+    EXIT_NETWORK: "network: host unreachable, connection failures or timeouts outlasted --retries, "
+                  "TLS certificate not trusted (see --cacert, --insecure)",
+    EXIT_HTTP: "HTTP error status (404, 410, ...), an expired/forbidden URL that cannot be refreshed, "
+               "too many redirects (a redirect loop)",
     EXIT_CHANGED: "the object changed on the server during the download",
-    EXIT_LOCAL_IO: "local I/O: disk full, permission denied, no such directory",
+    EXIT_LOCAL_IO: "local I/O: disk full, permission denied, no such directory, FILE.part is a symlink "
+                   "or not a regular file",
+    EXIT_PROXY: "proxy refused (authentication required: HTTP 407 from --proxy)",
     EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT) after saving the sidecar; 143 for SIGTERM",
     EXIT_BROKEN_PIPE: "stdout was closed by its reader (e.g. '| head -c 100'); nothing is printed",
 }
@@ -86,6 +97,7 @@ ENV_VARS = {
     "RANGESTREAM_RETRIES": "default for --retries",
     "RANGESTREAM_TIMEOUT": "default for --timeout",
     "RANGESTREAM_COOKIES": "default for --cookies",
+    "RANGESTREAM_CACERT": "default for --cacert",
     "NO_COLOR": "disables colours in the progress display",
 }
 
@@ -185,8 +197,7 @@ def default_output_name(url: str) -> str:
         ext = {"video/mp4": "mp4", "audio/mp4": "m4a", "video/webm": "webm", "audio/webm": "webm"}.get(mime, "bin")
         itag = url_param(url, "itag")
         name = f"{ident}{'.' + itag if itag else ''}.{ext}"
-    name = re.sub(r"[\x00-\x1f/\\]", "_", name).strip().lstrip(".")
-    return name or "download"
+    return safe_file_name(name, "download")
 
 
 def _size_arg(text: str) -> int:
@@ -196,30 +207,38 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _int_at_least(text: str, least: int, not_int: str, too_small: str) -> int:
-    """``text`` as an int >= ``least``; the messages name what was wrong (``{text}``, ``{n}``)."""
+MAX_WINDOW = 64  # requests in flight: more only hurts a CDN (and the per-host limit caps it anyway)
+MIN_RATE, MAX_RATE = 0.01, 10_000.0  # --requests-per-second: one request per 100 s .. no real limit
+
+
+def _int_in(text: str, least: int, most: int | None, not_int: str, out_of_range: str) -> int:
+    """``text`` as an int in ``[least, most]``; the messages name what was wrong (``{text}``, ``{n}``)."""
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(not_int.format(text=repr(text))) from None
-    if n < least:
-        raise argparse.ArgumentTypeError(too_small.format(n=n))
+    if n < least or (most is not None and n > most):
+        raise argparse.ArgumentTypeError(out_of_range.format(n=n))
     return n
 
 
 def _window_arg(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
-    return _int_at_least(text, 1, "not a window: {text} (an integer >= 1, or 'auto')",
-                         "window must be >= 1 or 'auto', not {n}")
+    return _int_in(text, 1, MAX_WINDOW, f"not a window: {{text}} (an integer 1..{MAX_WINDOW}, or 'auto')",
+                   f"window must be 1..{MAX_WINDOW} or 'auto', not {{n}}")
+
+
+def _max_window_arg(text: str) -> int:
+    return _int_in(text, 1, MAX_WINDOW, "not an integer: {text}", f"must be 1..{MAX_WINDOW}, not {{n}}")
 
 
 def _count_arg(text: str) -> int:
-    return _int_at_least(text, 0, "not an integer: {text}", "must be >= 0, not {n}")
+    return _int_in(text, 0, None, "not an integer: {text}", "must be >= 0, not {n}")
 
 
 def _positive_int_arg(text: str) -> int:
-    return _int_at_least(text, 1, "not an integer: {text}", "must be >= 1, not {n}")
+    return _int_in(text, 1, None, "not an integer: {text}", "must be >= 1, not {n}")
 
 
 def _seconds_arg(text: str, *, allow_zero: bool = False) -> float:
@@ -237,8 +256,8 @@ def _rate_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text!r}")
+    if not MIN_RATE <= value <= MAX_RATE:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be {MIN_RATE:g}..{MAX_RATE:g} requests per second, not {text!r}")
     return value
 
 
@@ -277,7 +296,21 @@ def _apply_env(args: argparse.Namespace) -> None:
     _from_env(args, "timeout", "RANGESTREAM_TIMEOUT", _seconds_arg, 30.0)
     _from_env(args, "proxy", "RANGESTREAM_PROXY", str, None)
     _from_env(args, "cookies", "RANGESTREAM_COOKIES", str, None)
+    _from_env(args, "cacert", "RANGESTREAM_CACERT", str, None)
     args.proxy = check_proxy(args.proxy)
+    args.cacert = check_cacert(args.cacert)
+
+
+def check_cacert(path: str | None) -> str | None:
+    """``--cacert FILE`` must be a readable file (PEM certificates), found before any connection."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise UsageError(f"--cacert {path}: cannot read it ({e.strerror or e})") from None
+    return path
 
 
 def stream_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -313,6 +346,11 @@ def make_client(args: argparse.Namespace):
         kw["requests_per_second"] = args.requests_per_second
     if getattr(args, "impersonate", None):
         kw["impersonate"] = args.impersonate
+    # Passed only when given, so the defaults stay the Client's own (verify with the system's CAs).
+    if getattr(args, "cacert", None):
+        kw["cacert"] = args.cacert
+    if getattr(args, "insecure", False):
+        kw["insecure"] = True
     try:
         return Client(**kw)
     except (InvalidURLError, ValueError) as e:
@@ -340,7 +378,8 @@ def refresh_hook(command: str | None, display: Display):
             await proc.wait()
             raise RangestreamError("--refresh-command timed out after 120 s") from None
         if proc.returncode != 0:
-            tail = err.decode(errors="replace").strip().splitlines()[-1:]
+            # Its last stderr line says why; such tools print the URLs they failed on, signatures and all.
+            tail = redact_text(err.decode(errors="replace").strip()).splitlines()[-1:]
             raise RangestreamError(f"--refresh-command exited with {proc.returncode}"
                                    + (f": {tail[0][:200]}" if tail else ""))
         for line in out.decode(errors="replace").splitlines():
@@ -476,7 +515,8 @@ class _LogHandler(logging.Handler):
         except Exception:  # noqa: BLE001
             return
         # The engine ends retry warnings with the (redacted) URL: one URL per command, already known.
-        msg = _TRAILING_URL.sub("", msg)
+        # Redacted again: a refresh hook's or a server's text may carry signatures or proxy passwords.
+        msg = redact_text(_TRAILING_URL.sub("", msg))
         if record.levelno >= logging.WARNING:
             self.display.warn(msg)
         else:
@@ -606,7 +646,9 @@ def write_json_summary(args: argparse.Namespace, summary: Summary, console) -> N
 def summary_line(summary: Summary) -> str:
     rate = summary.bytes / summary.seconds / MB if summary.seconds > 0 else 0.0
     what = human_bytes(summary.size if summary.size is not None else summary.bytes + summary.resumed_from)
-    if summary.command == "get" and summary.output not in (None, "-"):
+    if summary.command == "get" and summary.extra.get("output_kind"):
+        head = f"Wrote {what} to {summary.output}"
+    elif summary.command == "get" and summary.output not in (None, "-"):
         head = f"Saved {summary.output} ({what})"
         if summary.resumed_from:
             head += f", resumed: fetched {human_bytes(summary.bytes)}"
@@ -621,39 +663,42 @@ def summary_line(summary: Summary) -> str:
             + f" · {wtxt}")
 
 
-# -- spans and the sidecar ---------------------------------------------------------------
+# -- output files: part file, sidecar, names ---------------------------------------------------
+#
+# Everything here treats the directory as possibly shared with someone hostile and the sidecar
+# as possibly tampered with: FILE.part is never opened through a symlink, the sidecar is replaced
+# through a fresh temporary file, and nothing a sidecar says is used before it is validated
+# (then the size, validators and URL identity are checked against the server).
+
+MAX_SIDECAR_BYTES = 1 << 20  # a real one lists a few spans per connection: ~30 bytes each
+MAX_SIDECAR_SPANS = 4096
+MAX_VALIDATOR_CHARS = 1024
+SIDECAR_SUFFIX = ".part.json"
 
 
 class Spans:
     """Sorted, merged, half-open ``[start, stop)`` spans of bytes known to be in FILE.part."""
 
     def __init__(self, spans: list[tuple[int, int]] | None = None) -> None:
-        self._s: list[list[int]] = []
-        for a, b in spans or []:
-            self.add(a, b)
+        self._s: list[list[int]] = _merged(spans or [])
 
     def add(self, a: int, b: int) -> None:
+        """Record ``[a, b)``: a binary search and a local merge (pieces arrive in order per chunk,
+        so this usually extends one span), never a sort of the whole list."""
         if b <= a:
             return
         s = self._s
-        # Fast path: extending the span that ends exactly here (pieces of one chunk arrive in order).
-        for span in s:
-            if span[1] == a:
-                span[1] = b
-                self._merge()
-                return
-        s.append([a, b])
-        self._merge()
-
-    def _merge(self) -> None:
-        self._s.sort()
-        merged: list[list[int]] = []
-        for a, b in self._s:
-            if merged and a <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
-        self._s = merged
+        i = bisect.bisect_right(s, a, key=lambda span: span[0])
+        if i and s[i - 1][1] >= a:
+            i -= 1
+            s[i][1] = max(s[i][1], b)
+        else:
+            s.insert(i, [a, b])
+        j = i + 1
+        while j < len(s) and s[j][0] <= s[i][1]:
+            s[i][1] = max(s[i][1], s[j][1])
+            j += 1
+        del s[i + 1:j]
 
     def clip(self, limit: int) -> None:
         self._s = [[a, min(b, limit)] for a, b in self._s if a < limit]
@@ -671,10 +716,97 @@ class Spans:
         return len(self._s)
 
 
+def _merged(spans) -> list[list[int]]:
+    """One sort, one pass: overlapping and touching spans joined."""
+    out: list[list[int]] = []
+    for a, b in sorted((a, b) for a, b in spans if b > a):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+class SidecarInvalid(ValueError):
+    """The sidecar cannot be trusted; the message says why (shown with "starting over")."""
+
+
+def _no_floats(text: str) -> Any:
+    raise SidecarInvalid(f"a number that is not an integer ({text[:40]})")
+
+
+def read_sidecar(path: str) -> dict[str, Any]:
+    """The sidecar's JSON object, read without following a symlink and bounded in size;
+    only integers are accepted as numbers (``1e400``, ``NaN`` and ``1.5`` are refused)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise SidecarInvalid(f"it cannot be opened ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SidecarInvalid("it is not a regular file")
+        raw = f.read(MAX_SIDECAR_BYTES + 1)
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise SidecarInvalid(f"it is larger than {human_bytes(MAX_SIDECAR_BYTES)}")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_float=_no_floats, parse_constant=_no_floats)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise SidecarInvalid(f"it is not valid JSON ({e})") from None
+    except ValueError as e:  # an integer too long to convert, or _no_floats
+        raise SidecarInvalid(str(e)[:200]) from None
+    if not isinstance(data, dict):
+        raise SidecarInvalid("it is not a JSON object")
+    return data
+
+
+def _int_field(d: dict[str, Any], key: str, *, least: int, most: int | None = None) -> int:
+    v = d.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < least or (most is not None and v > most):
+        bound = f"{least}..{most}" if most is not None else f">= {least}"
+        raise SidecarInvalid(f"{key} must be an integer {bound}, not {str(v)[:40]}")
+    return v
+
+
+def _str_field(d: dict[str, Any], key: str) -> str | None:
+    v = d.get(key)
+    if v is not None and (not isinstance(v, str) or len(v) > MAX_VALIDATOR_CHARS):
+        raise SidecarInvalid(f"{key} must be a short string")
+    return v
+
+
+def _done_field(d: dict[str, Any], size: int) -> list[list[int]]:
+    done = d.get("done")
+    if not isinstance(done, list):
+        raise SidecarInvalid("done must be a list of [start, stop] spans")
+    if len(done) > MAX_SIDECAR_SPANS:
+        raise SidecarInvalid(f"it lists {len(done)} spans (at most {MAX_SIDECAR_SPANS})")
+    for i, span in enumerate(done):
+        if (not isinstance(span, list) or len(span) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+            raise SidecarInvalid(f"done[{i}] is not a pair of integers")
+        a, b = span
+        if not 0 <= a < b <= size:
+            raise SidecarInvalid(f"done[{i}] = [{a}, {b}] is not within 0 <= start < stop <= size ({size})")
+    return _merged(done)
+
+
+def url_identity(url: str) -> tuple[str, ...]:
+    """What names the object in a URL, across re-signing and refreshes: googlevideo's id and itag
+    (its host and signature change every time), else the host and path."""
+    parts = urlsplit(url)
+    segs = parts.path.split("/")
+    if "videoplayback" in segs:
+        after = segs[segs.index("videoplayback") + 1:]
+        path_params = dict(zip(after[::2], after[1::2]))  # the /name/value/ path form
+        return ("videoplayback", url_param(url, "id") or path_params.get("id", ""),
+                url_param(url, "itag") or path_params.get("itag", ""))
+    return ((parts.hostname or "").lower(), parts.path)
+
+
 @dataclass
 class SidecarState:
     url: str
-    size: int | None
+    size: int
     etag: str | None
     last_modified: str | None
     chunk_size: int
@@ -682,19 +814,130 @@ class SidecarState:
     lmt: str | None = None
 
     @classmethod
-    def load(cls, path: str) -> SidecarState | None:
+    def parse(cls, d: dict[str, Any]) -> SidecarState:
+        """Validated fields, or :class:`SidecarInvalid` saying which one is wrong."""
+        if d.get("version") != SIDECAR_VERSION:
+            raise SidecarInvalid(f"unknown version {str(d.get('version'))[:20]}")
+        if d.get("size") is None:
+            raise SidecarInvalid("the object's size was unknown when it was started")
+        size = _int_field(d, "size", least=1)  # a 0-byte object has nothing to resume
+        url = _str_field(d, "url")
+        if not url:
+            raise SidecarInvalid("it names no URL")
+        return cls(url=url, size=size, etag=_str_field(d, "etag"), last_modified=_str_field(d, "last_modified"),
+                   chunk_size=_int_field(d, "chunk_size", least=1), done=_done_field(d, size),
+                   lmt=_str_field(d, "lmt"))
+
+    @classmethod
+    def load(cls, path: str) -> SidecarState:
+        return cls.parse(read_sidecar(path))
+
+
+def open_part_fd(path: str) -> int:
+    """FILE.part opened read-write (created if missing) without following a symlink, and only if it
+    is a regular file: a planted ``FILE.part -> victim`` must never get the victim overwritten."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise LocalIOError(f"{path} is a symbolic link: refusing to write through it "
+                               f"(remove it, or choose another -o)", e.errno) from None
+        raise local_io_error(e, path, "open") from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise LocalIOError(f"{path} is not a regular file: refusing to write into it "
+                           f"(remove it, or choose another -o)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def refuse_unsafe_part(path: str) -> None:
+    """Fail early, before any resume logic, on a FILE.part that is a symlink or not a regular file
+    (``open_part_fd`` enforces the same at the moment of opening)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISLNK(mode):
+        raise LocalIOError(f"{path} is a symbolic link: refusing to write through it "
+                           f"(remove it, or choose another -o)", errno.ELOOP)
+    if not stat.S_ISREG(mode):
+        raise LocalIOError(f"{path} is not a regular file: refusing to write into it "
+                           f"(remove it, or choose another -o)")
+
+
+def write_file_atomically(path: str, text: str) -> None:
+    """Replace ``path`` with ``text``: written to a fresh ``mkstemp`` file in the same directory
+    (never a predictable name someone could plant a symlink at), fsynced, then renamed over."""
+    directory, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base[:64]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def is_stream_target(path: str) -> bool:
+    """A device, FIFO or socket: written in order like stdout, never replaced or given a FILE.part."""
+    try:
+        mode = os.stat(path).st_mode  # following symlinks: /dev/stdout, /dev/fd/N are the user's choice
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def open_stream_target(path: str, display: Display) -> int:
+    """``path`` (a device or FIFO) opened for writing. A FIFO without a reader is waited for as
+    curl does, but by polling, so Ctrl-C still works meanwhile."""
+    waiting = False
+    while True:
         try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-            if not isinstance(d, dict) or d.get("version") != SIDECAR_VERSION:
-                return None
-            size = d.get("size")
-            done = [[int(a), int(b)] for a, b in d.get("done", [])]
-            return cls(url=str(d.get("url", "")), size=int(size) if size is not None else None,
-                       etag=d.get("etag"), last_modified=d.get("last_modified"),
-                       chunk_size=int(d.get("chunk_size") or DEFAULT_CHUNK_SIZE), done=done, lmt=d.get("lmt"))
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: a FIFO nobody reads yet
+                raise local_io_error(e, path, "open") from e
+            if not waiting:
+                waiting = True
+                display.note(f"{PROG}: waiting for a reader on {path}")
+            await asyncio.sleep(0.05)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+
+
+def name_max(directory: str) -> int:
+    """The longest file name (bytes) the filesystem takes, less room for ``.part.json``."""
+    try:
+        limit = os.pathconf(directory or ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    return max(16, min(limit, 255) - len(SIDECAR_SUFFIX))
+
+
+def safe_file_name(name: str, fallback: str = "download", directory: str = ".") -> str:
+    """A derived file name (from a URL or a title) made safe to create: no path separators or
+    control characters, no bidi or other format controls (U+202E makes ``gpj.exe`` read as
+    ``exe.jpg``), no leading dot, and shortened to the filesystem's limit keeping the extension."""
+    name = "".join("_" if c in "/\\" or unicodedata.category(c) == "Cc" else c
+                   for c in name if unicodedata.category(c) != "Cf")
+    name = name.strip().lstrip(".").strip()
+    name = name or fallback
+    limit = name_max(directory)
+    if len(name.encode()) <= limit:
+        return name
+    stem, ext = os.path.splitext(name)
+    if len(ext.encode()) > 16:
+        stem, ext = name, ""
+    stem = stem.encode()[: limit - len(ext.encode())].decode("utf-8", errors="ignore").rstrip()
+    return (stem or fallback[:16]) + ext
 
 
 class PartFile:
@@ -708,7 +951,7 @@ class PartFile:
     def __init__(self, final: str, *, url: str, chunk_size: int) -> None:
         self.final = final
         self.path = final + ".part"
-        self.sidecar = self.path + ".json"
+        self.sidecar = final + SIDECAR_SUFFIX
         self.url = redact_url(url)
         self.lmt = url_param(url, "lmt")
         self.chunk_size = chunk_size
@@ -727,11 +970,7 @@ class PartFile:
 
     # opening -----------------------------------------------------------------------------
     def open(self, *, fresh: bool) -> None:
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        try:
-            self.fd = os.open(self.path, flags, 0o644)
-        except OSError as e:
-            raise local_io_error(e, self.path, "open") from e
+        self.fd = open_part_fd(self.path)
         try:
             # Two runs writing one FILE.part would corrupt each other's sidecar: refuse the second.
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -814,13 +1053,7 @@ class PartFile:
         with self._lock:
             if seq <= self._saved_seq:
                 return  # a newer snapshot is already saved
-            tmp = f"{self.sidecar}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(snap, f)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.sidecar)
+            write_file_atomically(self.sidecar, json.dumps(snap) + "\n")
             self._saved_seq = seq
 
     def maybe_checkpoint(self) -> None:
@@ -981,19 +1214,22 @@ class Context:
     summary: Summary
     interrupt_note: str | None = None
     hint: str | None = None
+    ordered_output: str | None = None  # "-" or a device/FIFO path, written in order
 
 
-def _resume_state(part: PartFile, display: Display) -> tuple[SidecarState | None, str | None]:
-    """The sidecar to resume from, or (None, why not)."""
-    if not os.path.exists(part.path):
+def _resume_state(part: PartFile, url: str) -> tuple[SidecarState | None, str | None]:
+    """The sidecar to resume from, or (None, why not). Only what passes validation is returned;
+    the size and validators are then checked against the server by ``_download_into``."""
+    if not os.path.lexists(part.path):
         return None, None
-    state = SidecarState.load(part.sidecar)
-    if state is None:
-        return None, f"{part.path} has no readable sidecar ({os.path.basename(part.sidecar)})"
-    if state.size is None:
-        return None, "the object's size was unknown when it was started"
     try:
-        actual = os.path.getsize(part.path)
+        state = SidecarState.load(part.sidecar)
+    except SidecarInvalid as e:
+        return None, f"its sidecar {os.path.basename(part.sidecar)} is not usable: {e}"
+    if url_identity(state.url) != url_identity(redact_url(url)):
+        return None, f"its sidecar is for another URL ({redact_url(state.url)[:200]})"
+    try:
+        actual = os.lstat(part.path).st_size
     except OSError:
         return None, None
     spans = Spans([tuple(x) for x in state.done])  # type: ignore[misc]
@@ -1030,11 +1266,26 @@ async def _get_url(ctx: Context, url: str, default_name: str) -> int:
     if args.output == "-":
         _check_stdout(args)
         return await _get_stdout(ctx, url)
-    out = args.output or default_name
+    out = args.output or safe_file_name(default_name)
     if os.path.isdir(out):
-        out = os.path.join(out, default_name)
+        out = os.path.join(out, safe_file_name(default_name, directory=out))
     ctx.summary.output = out
+    if is_stream_target(out):
+        return await _get_device(ctx, url, out)
     return await _get_file(ctx, url, out)
+
+
+async def _get_device(ctx: Context, url: str, out: str) -> int:
+    """``-o /dev/null``, ``-o FIFO``: the bytes in order into it, as to stdout (no FILE.part, no
+    sidecar next to a device, never replaced by a regular file, even with --force)."""
+    fd = await open_stream_target(out, ctx.display)
+    try:
+        if os.isatty(fd) and not ctx.args.force:
+            raise UsageError(f"refusing to write binary data to the terminal {out}: --force to insist")
+        ctx.summary.extra["output_kind"] = "fifo" if stat.S_ISFIFO(os.fstat(fd).st_mode) else "device"
+        return await _get_ordered(ctx, url, fd, out)
+    finally:
+        os.close(fd)
 
 
 def _check_stdout(args: argparse.Namespace) -> None:
@@ -1046,10 +1297,17 @@ def _check_stdout(args: argparse.Namespace) -> None:
 
 
 async def _get_stdout(ctx: Context, url: str) -> int:
-    args, display, summary = ctx.args, ctx.display, ctx.summary
-    summary.output = "-"
-    writer = StdoutWriter(sys.stdout.fileno())
     sys.stdout.flush()
+    return await _get_ordered(ctx, url, sys.stdout.fileno(), "-")
+
+
+async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
+    """The object in order into ``fd`` (stdout, a device, a FIFO); ``output`` names it."""
+    args, display, summary = ctx.args, ctx.display, ctx.summary
+    summary.output = output
+    ctx.ordered_output = output
+    writer = StdoutWriter(fd)
+    label = "stdout" if output == "-" else os.path.basename(output)
     hasher = hashlib.sha256() if args.sha256 else None
     started = time.monotonic()
     client = make_client(args)
@@ -1059,7 +1317,7 @@ async def _get_stdout(ctx: Context, url: str) -> int:
             stream = client.open_stream(url, **stream_options(args))
             async with stream:
                 summary.size = stream.size
-                display.start("stdout", stream.size)
+                display.start(label, stream.size)
 
                 def tick() -> None:
                     display.update(stream.delivered, stream.size, active=stream.active,
@@ -1082,7 +1340,7 @@ async def _get_stdout(ctx: Context, url: str) -> int:
                     except OSError as e:
                         if _is_broken_pipe(e):
                             raise
-                        raise local_io_error(e, "stdout", "write to") from e
+                        raise local_io_error(e, "stdout" if output == "-" else output, "write to") from e
                 display.stop()
     finally:
         display.stop()
@@ -1098,14 +1356,15 @@ async def _get_stdout(ctx: Context, url: str) -> int:
     if not args.json:
         display.note(summary_line(summary))
     if summary.sha256:
-        display.note(f"sha256 {summary.sha256}  -")
+        display.note(f"sha256 {summary.sha256}  {output}")
     return EXIT_OK
 
 
 async def _get_file(ctx: Context, url: str, out: str) -> int:
     args, display, summary = ctx.args, ctx.display, ctx.summary
     part = PartFile(out, url=url, chunk_size=args.chunk_size)
-    if os.path.exists(out) and not os.path.exists(part.path) and not args.force:
+    refuse_unsafe_part(part.path)
+    if os.path.exists(out) and not os.path.lexists(part.path) and not args.force:
         if os.path.isdir(out):
             raise LocalIOError(f"{out} is a directory")
         display.note(f"{out} already exists ({human_bytes(os.path.getsize(out))}); nothing to do "
@@ -1115,8 +1374,8 @@ async def _get_file(ctx: Context, url: str, out: str) -> int:
         summary.extra["skipped"] = "exists"
         return EXIT_OK
 
-    state, why_not = (None, None) if args.force else _resume_state(part, display)
-    if args.force and os.path.exists(part.path):
+    state, why_not = (None, None) if args.force else _resume_state(part, url)
+    if args.force and os.path.lexists(part.path):
         why_not = "--force"
     if why_not:
         display.warn(f"cannot resume {part.path}: {why_not}; starting over")
@@ -1200,7 +1459,9 @@ async def _download_into(ctx: Context, client, url: str, part: PartFile,
             part.close()
             return f"the URL's lmt changed ({state.lmt} -> {part.lmt}): another version of the object"
         gaps = missing_ranges(state.size, [tuple(x) for x in state.done])  # type: ignore[misc]
-        opts["ranges"] = [(g.start, g.stop) for g in gaps]
+        # Nothing missing still asks the server (for the last byte): its size and validators
+        # must confirm the sidecar before FILE.part becomes FILE.
+        opts["ranges"] = [(g.start, g.stop) for g in gaps] or [(state.size - 1, state.size)]
         expect = {"etag": state.etag, "last_modified": state.last_modified}
         if any(expect.values()):
             opts["expect_validators"] = expect
@@ -1210,10 +1471,6 @@ async def _download_into(ctx: Context, client, url: str, part: PartFile,
         display.note(f"Resuming {part.path}: {human_bytes(summary.resumed_from)} of "
                      f"{human_bytes(state.size)} already there, {len(gaps)} span{'s' if len(gaps) != 1 else ''} "
                      f"missing")
-        if not gaps:
-            part.finish()
-            summary.size = state.size
-            return None
     else:
         part.open(fresh=True)
         summary.resumed_from = 0
@@ -1299,7 +1556,7 @@ async def run_mux(ctx: Context) -> int:
         fmt = _container_of(out)
         if fmt is None:
             raise UsageError(f"cannot tell the container from {out!r}: use .mp4, .mkv or .webm, or --format")
-    if out != "-" and os.path.exists(out) and not args.force:
+    if out != "-" and os.path.exists(out) and not args.force and not is_stream_target(out):
         raise UsageError(f"{out} exists; pass --force to overwrite it")
     opts = stream_options(args)
     return await _mux_into(ctx, [("video", video_url, opts), ("audio", audio_url, opts)], out, fmt or "mp4")
@@ -1338,6 +1595,9 @@ async def _mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]],
     if out == "-":
         _check_stdout(args)
         sink: Any = "-"
+    elif is_stream_target(out):  # a device or FIFO: written in order, no out.part next to it
+        sink = os.fdopen(await open_stream_target(out, display), "wb")
+        ctx.ordered_output = out
     else:
         part_file = _open_locked(part)  # a second run to the same output must not truncate ours
         sink = part_file
@@ -1375,9 +1635,9 @@ async def _mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]],
                 os.unlink(part)  # ours: we hold its lock
         raise
     finally:
-        if part_file is not None:
+        if sink != "-":  # out.part, or the device/FIFO
             with contextlib.suppress(OSError):
-                part_file.close()
+                sink.close()
         display.stop()
         summary.seconds = time.monotonic() - started
         for s in streams.values():
@@ -1441,10 +1701,10 @@ async def run_get_page(ctx: Context, page_url: str) -> int:
         container = res.ext if res.ext in ("mp4", "webm", "mkv") else "mkv"
     if out != "-":
         name = output_name(res.title, container, res.id or "download")
-        out = out or name
+        out = out or safe_file_name(name)
         if os.path.isdir(out):
-            out = os.path.join(out, name)
-        if os.path.exists(out) and not args.force:
+            out = os.path.join(out, safe_file_name(name, directory=out))
+        if os.path.exists(out) and not args.force and not is_stream_target(out):
             display.note(f"{out} already exists ({human_bytes(os.path.getsize(out))}); nothing to do "
                          f"(--force downloads it again)")
             summary.ok, summary.output = True, out
@@ -1466,6 +1726,10 @@ def _chain(e: BaseException):
         e = e.__cause__ or (e.__context__ if not e.__suppress_context__ else None)
 
 
+TLS_HINT = ("the server's certificate is not trusted: give its CA with --cacert FILE (or SSL_CERT_FILE), "
+            "or, knowing that anyone on the path can then read and change the bytes, --insecure (-k)")
+
+
 def classify(e: BaseException) -> tuple[int, str, str | None]:
     """(exit code, message, hint) for an exception that ends a command."""
     if isinstance(e, UsageError):
@@ -1485,6 +1749,13 @@ def classify(e: BaseException) -> tuple[int, str, str | None]:
         return EXIT_FAILURE, str(e), None
     if isinstance(e, ObjectChangedError):
         return EXIT_CHANGED, str(e), "run the same command again to download the new version from the start"
+    if isinstance(e, TLSError):
+        return EXIT_NETWORK, str(e), TLS_HINT
+    if isinstance(e, ProxyError):
+        return EXIT_PROXY, str(e), ("the proxy wants credentials: give them in the proxy URL "
+                                    "(--proxy http://USER:PASS@host:port), or check them")
+    if isinstance(e, TooManyRedirectsError):
+        return EXIT_HTTP, str(e), "the server redirects in a loop (or too many times): check the URL"
     if isinstance(e, URLExpiredError):
         return EXIT_HTTP, str(e), ("the signed URL has expired or is not valid for this client: get a fresh "
                                    "one (e.g. yt-dlp -g) and run again; a download to a file resumes where it "
@@ -1578,8 +1849,9 @@ def _execute(args: argparse.Namespace, display: Display, summary: Summary,
         display.stop()
         if isinstance(e, SystemExit):
             raise
-        if _is_broken_pipe(e) and getattr(args, "output", None) == "-":
-            _silence_stdout()
+        if _is_broken_pipe(e) and (getattr(args, "output", None) == "-" or ctx.ordered_output):
+            if getattr(args, "output", None) == "-":
+                _silence_stdout()
             summary.error = "broken pipe"
             code = EXIT_BROKEN_PIPE
         else:
@@ -1587,7 +1859,9 @@ def _execute(args: argparse.Namespace, display: Display, summary: Summary,
             message = redact_text(message)  # last line of defence: no signature or password leaves
             summary.error = message
             if getattr(args, "debug", False):
-                traceback.print_exception(e)
+                # Frames show exception texts (a refresh command's stderr, URLs): redacted like the rest.
+                sys.stderr.write(redact_text("".join(traceback.format_exception(e))))
+                sys.stderr.flush()
             display.error(message)
             for extra in (ctx.hint, hint):
                 if extra:
@@ -1624,10 +1898,10 @@ def _network_options(p: argparse.ArgumentParser) -> None:
                    help="bytes per Range request: 9.5M, 10MiB, 65536 (default 9.5M; $RANGESTREAM_CHUNK_SIZE). "
                         "googlevideo throttles requests over ~10 MB")
     g.add_argument("--window", type=_window_arg, metavar="N|auto",
-                   help="Range requests in flight: 1 = sequential, 2 = the seed's prefetch, "
+                   help=f"Range requests in flight (1..{MAX_WINDOW}): 1 = sequential, 2 = next-request prefetch, "
                         "auto = adapt to the link (default auto; $RANGESTREAM_WINDOW)")
-    g.add_argument("--max-window", type=_positive_int_arg, default=8, metavar="N",
-                   help="the most requests --window auto may use (default 8)")
+    g.add_argument("--max-window", type=_max_window_arg, default=8, metavar="N",
+                   help=f"the most requests --window auto may use (1..{MAX_WINDOW}, default 8)")
     g.add_argument("--max-buffer", type=_size_arg, metavar="SIZE",
                    help="bytes chunks after the current one may read ahead (default: the engine's choice)")
     g.add_argument("--range-mode", choices=["header", "query"], default="header",
@@ -1651,7 +1925,14 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cookies", metavar="FILE",
                    help="Netscape-format cookies file, as yt-dlp --cookies or curl -c write ($RANGESTREAM_COOKIES)")
     g.add_argument("--requests-per-second", type=_rate_arg, metavar="N",
-                   help="at most N request starts per second per host (default: no limit)")
+                   help=f"at most N request starts per second per host ({MIN_RATE:g}..{MAX_RATE:g}; "
+                        "default: no limit)")
+    g.add_argument("--cacert", metavar="FILE",
+                   help="trust the CA certificates in FILE (PEM) for https:// URLs, as curl --cacert "
+                        "($RANGESTREAM_CACERT; SSL_CERT_FILE also works)")
+    g.add_argument("-k", "--insecure", action="store_true",
+                   help="do not verify TLS certificates (as curl -k): anyone on the path can read and "
+                        "change the bytes")
     g.add_argument("--impersonate", metavar="BROWSER",
                    help="present a real browser's TLS and HTTP/2 fingerprint (chrome, safari, firefox, "
                         "or a version like chrome131); needs pip install 'rangestream[impersonate]'")
