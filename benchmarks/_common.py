@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ class Result:
     cpu: float  # CPU seconds of the client
     ok: bool
     note: str = ""
+    rss: int | None = None  # peak RSS in bytes, where the benchmark reaped the process itself
 
     @property
     def mbps(self) -> float:
@@ -78,33 +81,138 @@ async def run_rangestream(label: str, url: str, size: int, sha: str, **opts) -> 
     return Result(label, seconds, size, cpu, h.hexdigest() == sha), stream
 
 
-def run_command(label: str, argv: list[str], size: int, sha: str | None, timeout: float) -> Result:
-    """Run a peer tool writing the object to stdout and hash it here. CPU = the child's (wait4)
-    plus this process's reading and hashing, so it compares with a rangestream run that hashes."""
-    cpu0, t0 = self_cpu(), time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    h = hashlib.sha256()
-    n = 0
-    deadline = t0 + timeout
+def wait_bounded(proc: subprocess.Popen, deadline: float) -> tuple[bool, int, resource.struct_rusage]:
+    """Reap proc by deadline (killing it then). Returns (timed_out, wait status, rusage): the
+    rusage of a reaped child covers it and the descendants it reaped (e.g. both ends of a
+    ``sh -c 'a | b'``), so ru_maxrss is the largest of their peaks."""
     timed_out = False
-    os.set_blocking(proc.stdout.fileno(), True)
     while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = status
+            return timed_out, status, ru
         if time.perf_counter() > deadline:
             proc.kill()
             timed_out = True
-            break
-        block = proc.stdout.read1(1 << 20)
-        if not block:
-            break
-        n += len(block)
-        if sha is not None:
+            _, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = status
+            return timed_out, status, ru
+        time.sleep(0.02)
+
+
+def sha256_file(path: str, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for _ in range(size // (8 << 20) + 2):  # bounded: the file was checked to be `size` bytes
+            block = f.read(8 << 20)
+            if not block:
+                break
             h.update(block)
-    _, status, ru = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    ok = not timed_out and n == size and (sha is None or h.hexdigest() == sha)
-    note = f"timed out after {timeout:.0f} s ({n / 1e6:.0f} MB)" if timed_out else ""
-    cpu = ru.ru_utime + ru.ru_stime + self_cpu() - cpu0
-    return Result(label, seconds, size if not timed_out else n, cpu, ok, note)
+    return h.hexdigest()
+
+
+def last_line(f) -> str:
+    """The last non-empty line a tool wrote to its captured stderr (for a failed row's note)."""
+    f.seek(0)
+    lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][:160] if lines else ""
+
+
+def failure_note(timed_out: bool, timeout: float, got: int, status: int, err) -> str:
+    if timed_out:
+        return f"timed out after {timeout:.0f} s ({got / 1e6:.0f} MB)"
+    code = os.waitstatus_to_exitcode(status)
+    return "" if code == 0 else f"exit status {code}: {last_line(err)}".rstrip(": ")
+
+
+SPAWN = [sys.executable, "-I", "-S", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_spawn.py")]
+
+
+@dataclass
+class Usage:
+    seconds: float
+    cpu: float
+    rss: int  # bytes
+    status: int  # raw wait status
+    timed_out: bool
+
+
+@contextmanager
+def measured(argv: list[str], timeout: float, **popen_kw):
+    """Run argv under _spawn.py (its own wall time, CPU and peak RSS, killed with its process
+    group at `timeout`). Yields (proc, wait) where wait() reaps it and returns a Usage."""
+    fd, report = tempfile.mkstemp(prefix="rangestream-bench-", suffix=".json")
+    os.close(fd)
+    try:
+        proc = subprocess.Popen([*SPAWN, report, str(timeout), *argv], **popen_kw)
+
+        def wait() -> Usage:
+            # The launcher enforces the timeout; this deadline only catches a launcher gone wrong.
+            _, status, ru = wait_bounded(proc, time.perf_counter() + timeout + 30)
+            try:
+                with open(report) as f:
+                    d = json.load(f)
+            except (OSError, ValueError):
+                return Usage(timeout, ru.ru_utime + ru.ru_stime, 0, status, True)
+            return Usage(d["seconds"], d["cpu"], d["rss"], d["status"], d["timed_out"])
+
+        yield proc, wait
+    finally:
+        os.unlink(report)
+
+
+def run_command(label: str, argv: list[str], size: int, sha: str | None, timeout: float) -> Result:
+    """Run a peer tool writing the object to stdout and hash it here. CPU = the tool's plus this
+    process's reading and hashing, so it compares with a rangestream run that hashes. The
+    launcher kills the tool at the deadline, which ends its output, so the loop below ends too."""
+    with tempfile.TemporaryFile() as err, measured(argv, timeout, stdout=subprocess.PIPE, stderr=err) as (proc, wait):
+        cpu0 = self_cpu()
+        h = hashlib.sha256()
+        n = 0
+        try:
+            for _ in range(size // 4096 + 1_000_000):  # bounded in count; the launcher bounds the time
+                block = proc.stdout.read1(1 << 20)
+                if not block:
+                    break
+                n += len(block)
+                if sha is not None:
+                    h.update(block)
+        finally:
+            proc.stdout.close()
+        u = wait()
+        cpu = u.cpu + self_cpu() - cpu0
+        ok = not u.timed_out and n == size and (sha is None or h.hexdigest() == sha)
+        note = failure_note(u.timed_out, timeout, n, u.status, err)
+    return Result(label, u.seconds, size if not u.timed_out else n, cpu, ok, note, u.rss)
+
+
+def run_file_command(label: str, argv: list[str], out: str, size: int, sha: str, timeout: float) -> Result:
+    """Run a peer tool that writes the object to the file ``out`` (in a directory of its own)
+    and hash that file after it exits. Seconds stop at exit; the hashing counts in its CPU, as
+    reading a pipe does for run_command. A timed-out row's bytes are the blocks written in the
+    directory (files may be sparse or in parts), at most ``size``."""
+    with tempfile.TemporaryFile() as err, measured(argv, timeout, stdin=subprocess.DEVNULL,
+                                                   stdout=subprocess.DEVNULL, stderr=err) as (_, wait):
+        u = wait()
+        cpu0 = self_cpu()
+        ok = False
+        if not u.timed_out and os.path.exists(out) and os.path.getsize(out) == size:
+            ok = sha256_file(out, size) == sha
+        got = size if not u.timed_out else min(size, blocks_written(os.path.dirname(out)))
+        cpu = u.cpu + self_cpu() - cpu0
+        note = failure_note(u.timed_out, timeout, got, u.status, err)
+        if not note and not ok:
+            have = os.path.getsize(out) if os.path.exists(out) else None
+            note = "no output file" if have is None else f"wrong content ({have} bytes)"
+    return Result(label, u.seconds, got, cpu, ok, note, u.rss)
+
+
+def blocks_written(directory: str) -> int:
+    total = 0
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False):
+            total += entry.stat().st_blocks * 512
+    return total
 
 
 def run(coro):
