@@ -10,15 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 import aiohttp
 import av
 import pytest
+import service_support
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from servers import serve as serve_handler
 
 from rangestream import Client, StreamError
@@ -27,10 +25,8 @@ from rangestream.retry import Retry
 from rangestream.service import (
     Guard,
     GuardedTransport,
-    ServerOptions,
     UpstreamRefused,
     main,
-    make_app,
     parse_range,
 )
 from rangestream.service.guard import find_refusal
@@ -42,18 +38,7 @@ FAST = {"retry": Retry(attempts=1, backoff=0.01, jitter=0.0)}
 SECRET_SIG = "sig=0123456789abcdef"
 
 
-class _Server(TestServer):
-    async def _make_runner(self, **kwargs):
-        # As main() runs it: no aiohttp access log (it would print whole upstream URLs).
-        return web.AppRunner(self.app, access_log=None, **kwargs)
-
-
-@asynccontextmanager
-async def serve(**options) -> AsyncIterator[TestClient]:
-    options.setdefault("allow_private", True)  # the origin is on loopback
-    app = make_app(ServerOptions(stream_options=FAST, **options))
-    async with TestClient(_Server(app)) as client:
-        yield client
+serve = service_support.serve
 
 
 @pytest.fixture

@@ -32,10 +32,15 @@ state: auth, slots), ``replies`` (error answers), ``handlers`` (/stream, /mux),
 
 from __future__ import annotations
 
-from .app import make_app
-from .guard import Guard, GuardedTransport, UpstreamRefused
+from .app import begin_drain, make_app
+from .guard import Guard, GuardedTransport, UpstreamRefused, classify_address
 from .handlers import parse_range
 from .main import create_app, main
 from .options import ServerOptions
+from .protocol import ServiceRunner
+from .signing import sign, sign_main, verify
 
-__all__ = ["Guard", "GuardedTransport", "ServerOptions", "UpstreamRefused", "create_app", "main", "make_app", "parse_range"]
+__all__ = [
+    "Guard", "GuardedTransport", "ServerOptions", "ServiceRunner", "UpstreamRefused", "begin_drain",
+    "classify_address", "create_app", "main", "make_app", "parse_range", "sign", "sign_main", "verify",
+]

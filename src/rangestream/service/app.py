@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import importlib.util
 import logging
+import os
 import time
 import traceback
 from collections.abc import AsyncIterator
@@ -17,8 +18,9 @@ from aiohttp import web
 from ..client import Client
 from ..redact import is_secret_param, redact_text, redact_url
 from .guard import GuardedTransport
-from .handlers import mux_handler, stream_handler
+from .handlers import STARTED, mux_handler, stream_handler
 from .options import ServerOptions
+from .protocol import HANDLER_ARGS
 from .replies import Reply, json_error
 from .state import STATE, State
 
@@ -33,13 +35,14 @@ def make_app(options: ServerOptions | None = None) -> web.Application:
     its upstream requests even while they wait for bytes, and with ``access_log=None``
     (aiohttp's access log would print whole upstream URLs; this app logs redacted ones)."""
     options = options or ServerOptions()
-    app = web.Application(middlewares=[_middleware])
+    app = web.Application(middlewares=[_middleware], handler_args=HANDLER_ARGS)
     state = State(options)
     app[STATE] = state
 
     async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         transport = GuardedTransport(state.guard)
-        state.client = Client(transport=transport, **{"window": "auto", **dict(options.stream_options)})
+        defaults = {"window": "auto", "max_buffer": options.read_ahead, **dict(options.stream_options)}
+        state.client = Client(transport=transport, **defaults)
         try:
             yield
         finally:
@@ -48,6 +51,8 @@ def make_app(options: ServerOptions | None = None) -> web.Application:
     app.cleanup_ctx.append(client_ctx)
     app.router.add_get("/stream", stream_handler)  # and HEAD
     app.router.add_get("/mux", mux_handler, allow_head=False)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics, allow_head=False)
     _add_page_routes(app)
     return app
 
@@ -58,6 +63,28 @@ def _add_page_routes(app: web.Application) -> None:
         return
     page = importlib.import_module(f"{__package__}.page")
     page.add_routes(app)
+
+
+def begin_drain(app: web.Application) -> None:
+    """From now on /healthz answers 503 and new streams are refused (SIGTERM does this
+    before the listener closes and running streams get their grace period)."""
+    app[STATE].draining = True
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.draining:
+        return web.json_response({"status": "draining", "active_streams": state.active, "worker": os.getpid()},
+                                 status=503, headers={"Cache-Control": "no-store"})
+    return web.json_response({"status": "ok", "active_streams": state.active, "worker": os.getpid()},
+                             headers={"Cache-Control": "no-store"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, ctype = request.app[STATE].metrics.exposition()
+    resp = web.Response(body=body, headers={"Cache-Control": "no-store"})
+    resp.headers["Content-Type"] = ctype
+    return resp
 
 
 def log_target(request: web.Request) -> str:
@@ -75,17 +102,19 @@ def log_target(request: web.Request) -> str:
 @web.middleware
 async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     state = request.app[STATE]
-    started = time.monotonic()
+    started = request[STARTED] = time.monotonic()
     status: int | str = 500
     try:
-        if not state.authorized(request):
-            raise Reply(401, "missing or wrong token (Authorization: Bearer TOKEN or ?token=)",
-                        {"WWW-Authenticate": 'Bearer realm="rangestream"'})
+        state.admit(request)
         resp = await handler(request)
         status = resp.status
         return resp
     except Reply as r:
         status = r.status
+        if r.refusal:
+            state.metrics.refusals.labels(r.refusal).inc()
+        elif r.kind:
+            state.metrics.errors.labels(r.kind).inc()
         return r.response()
     except web.HTTPException as e:  # the router's 404 / 405
         status = e.status
@@ -96,6 +125,7 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         raise
     except Exception as e:  # noqa: BLE001 -- any bug becomes a JSON 500, logged redacted
         status = 500
+        state.metrics.errors.labels("internal").inc()
         detail = "".join(traceback.format_exception(e))
         log.error("internal error on %s: %s", log_target(request), redact_text(detail))
         return json_error(500, "internal error")

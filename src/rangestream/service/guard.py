@@ -41,17 +41,92 @@ def find_refusal(error: BaseException | None) -> UpstreamRefused | None:
     return None
 
 
-def is_public_address(address: str) -> bool:
-    """False for loopback, private, link-local, shared, multicast, reserved, unspecified."""
+# Non-public IPv4 blocks (IANA special-purpose registry, RFC 6890 and successors), by name.
+_V4_SPECIAL = tuple((ipaddress.IPv4Network(net), kind) for net, kind in (
+    ("0.0.0.0/8", "this-network"), ("10.0.0.0/8", "private"), ("100.64.0.0/10", "shared"),
+    ("127.0.0.0/8", "loopback"), ("169.254.0.0/16", "link-local"), ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "protocol-assignments"), ("192.0.2.0/24", "documentation"),
+    ("192.88.99.0/24", "6to4-relay"), ("192.168.0.0/16", "private"), ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"), ("203.0.113.0/24", "documentation"),
+    ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved"),
+))
+# Inside 2000::/3 (global unicast), the blocks that are not globally reachable unicast.
+_V6_SPECIAL = tuple((ipaddress.IPv6Network(net), kind) for net, kind in (
+    ("2001::/23", "protocol-assignments"),  # Teredo, benchmarking, ORCHID, ...
+    ("2001:db8::/32", "documentation"), ("3fff::/20", "documentation"),
+))
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_COMPAT = ipaddress.IPv6Network("::/96")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
+
+
+def _classify_v4(ip: ipaddress.IPv4Address) -> str:
+    for net, kind in _V4_SPECIAL:
+        if ip in net:
+            return kind
+    return "public"
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries: mapped, SIIT, compatible, NAT64, 6to4."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _SIIT or ip in _NAT64 or ip in _COMPAT:
+        return low
+    if ip in _SIX_TO_FOUR:
+        return ipaddress.IPv4Address((int(ip) >> 80) & 0xFFFFFFFF)
+    return None
+
+
+def classify_address(address: str) -> str:
+    """``"public"`` for a globally reachable unicast address, else what it is
+    (``"loopback"``, ``"private"``, ``"link-local"``, ``"site-local"``, ``"nat64-local"``,
+    ``"multicast"``, ...; ``"invalid"`` for a string that is no IP address).
+
+    A pure function with its own tables, independent of the running Python's
+    ``ipaddress.is_global``. IPv6 forms that embed an IPv4 address (mapped,
+    SIIT, compatible, NAT64 64:ff9b::/96, 6to4) are judged by that address;
+    other IPv6 is public only inside 2000::/3 minus the special blocks."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        mapped = ip.ipv4_mapped or ip.sixtofour
-        if mapped is not None:
-            ip = mapped
-    return ip.is_global and not ip.is_multicast
+        return "invalid"
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _classify_v4(ip)
+    if int(ip) <= 1:
+        return "loopback" if int(ip) == 1 else "unspecified"
+    if ip in _NAT64_LOCAL:
+        return "nat64-local"  # RFC 8215: local use only, wherever the IPv4 part sits
+    embedded = _embedded_v4(ip)
+    if embedded is not None:
+        return _classify_v4(embedded)
+    if ip in _SITE_LOCAL:
+        return "site-local"
+    if ip not in _GLOBAL_UNICAST:
+        return _v6_kind(ip)
+    for net, kind in _V6_SPECIAL:
+        if ip in net:
+            return kind
+    return "public"
+
+
+def _v6_kind(ip: ipaddress.IPv6Address) -> str:
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_link_local:
+        return "link-local"
+    if ip in ipaddress.IPv6Network("fc00::/7"):
+        return "private"
+    return "reserved"
+
+
+def is_public_address(address: str) -> bool:
+    return classify_address(address) == "public"
 
 
 def _is_ip(host: str) -> bool:
@@ -60,6 +135,22 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _numeric_form(host: str) -> bool:
+    """True for a host whose last label is a number (``2130706433``, ``127.1``,
+    ``0177.0.0.1``, ``0x7f.1``, ``0``): URL parsers and C resolvers read these as
+    IPv4 addresses in shorthand, octal or hex. Only the canonical dotted quad is an
+    address the guard can judge; the rest are refused whatever they would mean."""
+    last = host.rsplit(".", 1)[-1]
+    return bool(last) and (last.isascii() and last.isdigit() or last.lower().startswith("0x"))
+
+
+def _canonical_v4(host: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(host)) == host
+    except ValueError:
+        return False
 
 
 class Guard:
@@ -74,8 +165,14 @@ class Guard:
         h = host.lower().rstrip(".")
         if self.allow_hosts and not any(h == s or h.endswith("." + s) for s in self.allow_hosts):
             raise UpstreamRefused(f"upstream host {h} is not in the allowed hosts", kind="not-allowed", host=h)
-        if not self.allow_private and _is_ip(h) and not is_public_address(h):
-            raise UpstreamRefused(f"upstream address {h} is not public", kind="not-public", host=h)
+        if self.allow_private:
+            return h
+        if _numeric_form(h) and not _canonical_v4(h):
+            raise UpstreamRefused(f"upstream host {h} is a numeric address form that is not a plain "
+                                  "dotted quad: not public", kind="not-public", host=h)
+        if _is_ip(h) and not is_public_address(h):
+            raise UpstreamRefused(f"upstream address {h} is not public ({classify_address(h)})",
+                                  kind="not-public", host=h)
         return h
 
     async def check(self, host: str, port: int) -> None:
@@ -102,7 +199,9 @@ class _PublicResolver(AbstractResolver):
         infos = await self._inner.resolve(host, port, family)
         public = [info for info in infos if is_public_address(str(info["host"]))]
         if not public:
-            raise OSError(f"{host} resolves only to non-public addresses")
+            # Terminal, not an OSError: aiohttp would make that a connection error, retried.
+            raise UpstreamRefused(f"upstream host {host} resolves only to non-public addresses",
+                                  kind="not-public", host=host)
         return public
 
     async def close(self) -> None:

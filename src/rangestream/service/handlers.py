@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 
 from aiohttp import web
 
@@ -13,14 +14,24 @@ from ..mux import mux
 from ..plan import size_from_url, url_param
 from ..redact import redact_text, redact_url
 from .guard import find_refusal
+from .limits import WriteTimeout, WriteWatch
 from .replies import Reply, reply_for, unsatisfiable
 from .state import STATE, State
+
+STARTED: web.RequestKey[float] = web.RequestKey("rangestream_started", float)  # request key: when the middleware saw the request (monotonic)
 
 log = logging.getLogger("rangestream.service")
 
 MUX_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mkv": "video/x-matroska"}
-_MIME = re.compile(r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+$")
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+# Only media types, so an upstream's mime=text/html cannot become a page in our origin.
+_MIME = re.compile(r"^(?:video|audio)/[a-z0-9][a-z0-9.+-]{0,100}$", re.ASCII)
+_OCTETS = "application/octet-stream"
+# ASCII digits only, at most 19 of them (int64 range: larger is never a real offset).
+_RANGE = re.compile(r"^[ \t]*bytes[ \t]*=[ \t]*([0-9]{0,19})[ \t]*-[ \t]*([0-9]{0,19})[ \t]*$",
+                    re.IGNORECASE | re.ASCII)
+# Proxied media is never a document: no sniffing into HTML, no script if opened directly.
+MEDIA_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                 "Content-Security-Policy": "sandbox"}
 
 Spec = tuple[int | None, int | None]
 
@@ -46,10 +57,9 @@ def parse_range(header: str | None) -> Spec | None:
 
 
 def content_type(url: str) -> str:
-    mime = url_param(url, "mime")
-    if mime and _MIME.match(mime):
-        return mime
-    return "application/octet-stream"
+    """``video/*`` or ``audio/*`` from the URL's ``mime=``, else application/octet-stream."""
+    mime = (url_param(url, "mime") or "").strip().lower()
+    return mime if _MIME.match(mime) else _OCTETS
 
 
 async def abort(request: web.Request) -> None:
@@ -62,7 +72,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     url = await state.upstream(request, "url")
     spec = parse_range(request.headers.get("Range"))
-    async with state.slot():
+    async with state.slot(request):
         return await _serve_stream(request, state, url, spec)
 
 
@@ -102,12 +112,14 @@ def _bounds(url: str, spec: Spec | None, size: int | None) -> tuple[Spec | None,
 
 
 async def _serve_stream(request: web.Request, state: State, url: str, spec: Spec | None) -> web.StreamResponse:
-    size: int | None = None
-    if spec is not None and spec[0] is None:  # a suffix range needs the size
-        size = size_from_url(url)
-        if size is None:
-            size = await _probe_size(state, url)
+    size: int | None = size_from_url(url) if spec is not None else None
+    if spec is not None and spec[0] is None and size is None:  # a suffix range needs the size
+        size = await _probe_size(state, url)
     spec, start, stop = _bounds(url, spec, size)
+    if spec is not None and size is not None and start >= size:
+        raise unsatisfiable(size)
+    if size is not None and stop is not None:
+        stop = min(stop, max(size, start + 1))  # clamp the end; a start past the end stays a 416
     for ranged in ((True, False) if spec is not None else (False,)):
         if not ranged:
             start, stop = 0, None
@@ -126,12 +138,18 @@ async def _serve_once(request: web.Request, state: State, url: str, ranged: bool
             ranges: list[tuple[int, int | None]] | None = [(start, start + 1)]
         else:
             ranges = [(start, stop)] if ranged else None
+        opening = state.open_stream(url, ranges=ranges)
+        stack.callback(state.metrics.add_stream_stats, opening.stats)  # also when opening fails
         try:
-            stream = await stack.enter_async_context(state.open_stream(url, ranges=ranges))
+            stream = await stack.enter_async_context(opening)
         except RangestreamError as e:
             raise (await _open_failed(state, url, start, e) if ranged else reply_for(e)) from None
         size = stream.size
         if ranged and size is None:
+            if start > 0:  # no total: a start past the end is still a 416, not the whole object
+                probed = await _probe_size(state, url)
+                if probed is not None and start >= probed:
+                    raise unsatisfiable(probed)
             return None
         if ranged and size is not None and start >= size:
             raise unsatisfiable(size)
@@ -147,14 +165,16 @@ async def _serve_once(request: web.Request, state: State, url: str, ranged: bool
         await resp.prepare(request)
         if head:
             return resp
+        out = Output(request, resp, state)
         try:
             if first_piece:
-                await resp.write(first_piece)
+                await out.write(first_piece)
             async for piece in pieces:
-                await resp.write(piece)
+                await out.write(piece)
         except ConnectionResetError:
-            return resp  # the player left; leaving the ``async with`` stops the upstream
+            return resp  # the player left (or read nothing for too long): leaving stops the upstream
         except RangestreamError as e:
+            state.metrics.errors.labels(type(e).__name__).inc()
             log.warning("/stream %s failed after the headers: %s", redact_url(url), redact_text(str(e)))
             await abort(request)
             return resp
@@ -162,9 +182,34 @@ async def _serve_once(request: web.Request, state: State, url: str, ranged: bool
         return resp
 
 
+class Output:
+    """The body's writer: the write timeout, bytes out and time to first byte."""
+
+    def __init__(self, request: web.Request, resp: web.StreamResponse, state: State) -> None:
+        self.request = request
+        self.resp = resp
+        self.metrics = state.metrics
+        self.watch = WriteWatch(request, state.options.write_timeout)
+        self.first = True
+
+    async def write(self, data: bytes) -> None:
+        if not self.resp.prepared:
+            await self.resp.prepare(self.request)
+        if self.first and data:
+            self.first = False
+            self.metrics.ttfb.observe(time.monotonic() - self.request.get(STARTED, time.monotonic()))
+        try:
+            await self.watch.write(self.resp, data)
+        except WriteTimeout:
+            self.metrics.errors.labels("write_timeout").inc()
+            log.warning("%s: the client read nothing for %gs; dropped", self.request.path,
+                        self.watch._timeout)
+            raise
+        self.metrics.bytes_out.inc(len(data))
+
+
 def _media_response(url: str, ranged: bool, start: int, stop: int | None, size: int | None) -> web.StreamResponse:
-    headers = {"Content-Type": content_type(url), "Cache-Control": "no-store",
-               "X-Content-Type-Options": "nosniff",
+    headers = {"Content-Type": content_type(url), **MEDIA_HEADERS,
                "Accept-Ranges": "bytes" if size is not None else "none"}
     if ranged:
         assert size is not None
@@ -179,20 +224,6 @@ def _media_response(url: str, ranged: bool, start: int, stop: int | None, size: 
     return resp
 
 
-class _LazySink:
-    """An async writer that sends the response headers with the first byte, so an
-    error before it can still be a proper status."""
-
-    def __init__(self, request: web.Request, resp: web.StreamResponse) -> None:
-        self.request = request
-        self.resp = resp
-
-    async def write(self, data: bytes) -> None:
-        if not self.resp.prepared:
-            await self.resp.prepare(self.request)
-        await self.resp.write(data)
-
-
 async def mux_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     fmt = request.query.get("format", "mp4").lower()
@@ -200,29 +231,36 @@ async def mux_handler(request: web.Request) -> web.StreamResponse:
         raise Reply(400, "format must be mp4, webm or mkv")
     video = await state.upstream(request, "video")
     audio = await state.upstream(request, "audio")
-    async with state.slot(), contextlib.AsyncExitStack() as stack:
+    async with state.slot(request), contextlib.AsyncExitStack() as stack:
         streams = {}
         for name, url in (("video", video), ("audio", audio)):
+            opening = state.open_stream(url)
+            stack.callback(state.metrics.add_stream_stats, opening.stats)
             try:
-                streams[name] = await stack.enter_async_context(state.open_stream(url))
+                stream = await stack.enter_async_context(opening)
             except RangestreamError as e:
                 r = reply_for(e)
-                raise Reply(r.status if r.status in (403, 404, 410) else 502, f"{name}: {r.message}") from None
+                raise Reply(r.status if r.status in (403, 404, 410) else 502, f"{name}: {r.message}",
+                            kind=r.kind, refusal=r.refusal) from None
+            streams[name] = stream
         resp = web.StreamResponse(status=200, headers={
-            "Content-Type": MUX_TYPES[fmt], "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-            "Accept-Ranges": "none"})
+            "Content-Type": MUX_TYPES[fmt], **MEDIA_HEADERS, "Accept-Ranges": "none"})
         resp.enable_chunked_encoding()
-        return await _run_mux(request, resp, streams, fmt)
+        return await _run_mux(request, resp, streams, fmt, state)
 
 
-async def _run_mux(request: web.Request, resp: web.StreamResponse, streams: dict, fmt: str) -> web.StreamResponse:
+async def _run_mux(request: web.Request, resp: web.StreamResponse, streams: dict, fmt: str,
+                   state: State) -> web.StreamResponse:
     try:
-        await mux(streams["video"], streams["audio"], _LazySink(request, resp), fmt)
+        await mux(streams["video"], streams["audio"], Output(request, resp, state), fmt)
     except MuxError as e:
         if not resp.prepared:
-            if e.input and find_refusal(e.__cause__) is not None:
-                raise Reply(403, f"{e.input}: upstream refused") from None
-            raise Reply(502, f"mux failed: {e}") from None
+            refused = find_refusal(e.__cause__) if e.input else None
+            if refused is not None:
+                raise Reply(403, f"{e.input}: upstream refused",
+                            refusal=f"upstream_{refused.kind.replace('-', '_')}") from None
+            raise Reply(502, f"mux failed: {e}", kind="MuxError") from None
+        state.metrics.errors.labels("MuxError").inc()
         if e.input is not None:
             log.warning("/mux failed after the headers: %s", redact_text(str(e)))
         await abort(request)

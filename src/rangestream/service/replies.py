@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from ..errors import HTTPStatusError, InvalidURLError, StreamError, URLExpiredError
+from ..errors import HTTPStatusError, InvalidURLError, URLExpiredError
 from ..redact import redact_text
 from .guard import find_refusal
 
@@ -14,8 +14,11 @@ from .guard import find_refusal
 class Reply(Exception):
     """An error answer: ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None, *,
+                 kind: str | None = None, refusal: str | None = None) -> None:
         super().__init__(message)
+        self.kind = kind  # counted in errors_total{kind}
+        self.refusal = refusal  # counted in refusals_total{reason} instead
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
@@ -38,19 +41,19 @@ REFUSED = "upstream refused: a request (or redirect) went to a non-public or dis
 def reply_for(error: BaseException) -> Reply:
     """An engine error as a status and a short, redacted message."""
     text = str(error) or type(error).__name__
-    if find_refusal(error) is not None:
-        return Reply(403, REFUSED)
+    kind = type(error).__name__
+    refused = find_refusal(error)
+    if refused is not None:
+        return Reply(403, REFUSED, refusal=f"upstream_{refused.kind.replace('-', '_')}")
     if isinstance(error, URLExpiredError):
-        return Reply(410, f"upstream URL expired or forbidden: {text}")
+        return Reply(410, f"upstream URL expired or forbidden: {text}", kind=kind)
     if isinstance(error, HTTPStatusError):
         if error.status in (404, 410):
-            return Reply(error.status, f"upstream: {text}")
-        return Reply(502, f"upstream answered HTTP {error.status}: {text}")
+            return Reply(error.status, f"upstream: {text}", kind=kind)
+        return Reply(502, f"upstream answered HTTP {error.status}: {text}", kind=kind)
     if isinstance(error, InvalidURLError):
-        return Reply(400, f"bad upstream URL: {text}")
-    if isinstance(error, StreamError):
-        return Reply(502, f"upstream failed: {text}")
-    return Reply(502, f"upstream failed: {text}")
+        return Reply(400, f"bad upstream URL: {text}", kind=kind)
+    return Reply(502, f"upstream failed: {text}", kind=kind)
 
 
 def unsatisfiable(size: int | None) -> Reply:

@@ -1,11 +1,13 @@
 """Per-app state shared by the middleware and the handlers: the guard, the shared
-client, the token and the stream slots."""
+client, who may ask (token, signed links, Host, Sec-Fetch-Site), the stream slots
+and the metrics."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,13 +15,38 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..client import Client
+from . import signing
 from .guard import Guard, UpstreamRefused
+from .metrics import Metrics
 from .options import ServerOptions
 from .replies import Reply
+
+# Endpoints that act on upstream URLs: signed links apply to these, and cross-site
+# browser requests to them are refused. /watch is the page's endpoint (service/page.py).
+SIGNED_PATHS = frozenset({"/stream", "/mux", "/watch"})
+API_PATHS = SIGNED_PATHS | {"/metrics"}
+OPEN_PATHS = frozenset({"/healthz"})  # for load balancers: never needs a token
 
 
 def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def _loopback_host(host: str) -> bool:
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    try:
+        return urlsplit(f"//{header}").hostname or ""
+    except ValueError:
+        return ""
 
 
 class State:
@@ -27,31 +54,89 @@ class State:
         self.options = options
         self.guard = Guard(allow_private=options.allow_private, allow_hosts=options.allow_hosts)
         self.client: Client | None = None
+        self.metrics = Metrics()
         self.active = 0
+        self.per_client: dict[str, int] = {}
+        self.draining = False
         self._token_digest = _digest(options.token) if options.token else None
+        self._public_hosts = {h.lower().rstrip(".") for h in options.public_hosts}
 
-    def authorized(self, request: web.Request) -> bool:
+    # -- who may ask ---------------------------------------------------------
+
+    def _token_ok(self, request: web.Request) -> bool:
         if self._token_digest is None:
-            return True
+            return False
         given = None
-        auth = request.headers.get("Authorization", "")
-        scheme, _, value = auth.partition(" ")
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             given = value.strip()
         elif "token" in request.query:
             given = request.query["token"]
         return given is not None and hmac.compare_digest(_digest(given), self._token_digest)
 
+    def admit(self, request: web.Request) -> None:
+        """Raise the refusal for a request that may not proceed (Host, auth, cross-site)."""
+        self._check_host(request)
+        path = request.path
+        if path in OPEN_PATHS:
+            return
+        signed = False
+        if path in SIGNED_PATHS and self.options.signing_key and not self._token_ok(request):
+            verdict = signing.verify(self.options.signing_key, path, request.query.items())
+            if verdict == signing.UNSIGNED:
+                raise Reply(401, "this link needs a signature (rangestream sign) or a token",
+                            {"WWW-Authenticate": 'Bearer realm="rangestream"'}, refusal="unauthorized")
+            if verdict != signing.VALID:
+                raise Reply(403, f"the link's signature is {verdict}", refusal=verdict)
+            signed = True
+        elif self._token_digest is not None and not self._token_ok(request):
+            raise Reply(401, "missing or wrong token (Authorization: Bearer TOKEN or ?token=)",
+                        {"WWW-Authenticate": 'Bearer realm="rangestream"'}, refusal="unauthorized")
+        if path in API_PATHS and not signed and request.headers.get("Sec-Fetch-Site", "") == "cross-site":
+            raise Reply(403, "cross-site requests to this endpoint are refused (use a signed link)",
+                        refusal="cross_site")
+
+    def _check_host(self, request: web.Request) -> None:
+        if not self.options.loopback_only:
+            return
+        header = request.headers.get("Host")
+        if header is None:
+            return  # HTTP/1.0 without Host: no browser sends that
+        name = _host_name(header)
+        if not (_loopback_host(name) or name.rstrip(".") in self._public_hosts):
+            raise Reply(403, "Host header is not this loopback service (add it with --public-host)",
+                        refusal="host_header")
+
+    # -- slots ---------------------------------------------------------------
+
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self.active >= self.options.max_streams:
-            raise Reply(503, f"busy: {self.options.max_streams} streams already running; retry later",
-                        {"Retry-After": str(self.options.retry_after)})
+    async def slot(self, request: web.Request) -> AsyncIterator[None]:
+        opts = self.options
+        if self.draining:
+            raise Reply(503, "shutting down; retry on another instance", {"Retry-After": str(opts.retry_after)},
+                        refusal="draining")
+        if self.active >= opts.max_streams:
+            raise Reply(503, f"busy: {opts.max_streams} streams already running; retry later",
+                        {"Retry-After": str(opts.retry_after)}, refusal="max_streams")
+        who = request.remote or "?"
+        if opts.max_streams_per_client and self.per_client.get(who, 0) >= opts.max_streams_per_client:
+            raise Reply(429, f"too many streams from one client (at most {opts.max_streams_per_client})",
+                        {"Retry-After": str(opts.retry_after)}, refusal="per_client")
         self.active += 1
+        self.per_client[who] = self.per_client.get(who, 0) + 1
+        self.metrics.active_streams.inc()
         try:
             yield
         finally:
             self.active -= 1
+            self.metrics.active_streams.dec()
+            left = self.per_client[who] - 1
+            if left:
+                self.per_client[who] = left
+            else:
+                del self.per_client[who]
+
+    # -- upstreams -----------------------------------------------------------
 
     async def upstream(self, request: web.Request, name: str) -> str:
         raw = request.query.get(name, "").strip()
@@ -69,9 +154,10 @@ class State:
         try:
             await self.guard.check(host, port or (443 if scheme == "https" else 80))
         except UpstreamRefused as e:
-            raise Reply(403, f"{e.reason} (the server refuses non-public upstreams)") from None
+            raise Reply(403, f"{e.reason} (the server refuses non-public upstreams)",
+                        refusal=f"upstream_{e.kind.replace('-', '_')}") from None
         except OSError:
-            raise Reply(502, f"cannot resolve the upstream host {host}") from None
+            raise Reply(502, f"cannot resolve the upstream host {host}", kind="dns") from None
         return raw
 
     def open_stream(self, url: str, **options: Any) -> Any:

@@ -1,0 +1,158 @@
+"""Operating the service: /healthz, /metrics, graceful drain on SIGTERM, --workers with
+metrics summed over workers, and the gunicorn app factory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+
+import aiohttp
+import pytest
+
+from service_support import q, serve, serve_process, wait_for
+
+pytestmark = pytest.mark.timeout(40)
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
+    assert m, f"{name}{labels} not in /metrics"
+    return float(m.group(1))
+
+
+async def test_healthz_ok_then_503_while_draining(origin):
+    from rangestream.service import begin_drain
+
+    async with serve() as client:
+        resp = await client.get("/healthz")
+        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+        begin_drain(client.server.app)
+        resp = await client.get("/healthz")
+        assert resp.status == 503 and (await resp.json())["status"] == "draining"
+        resp = await client.get(f"/stream?url={q(origin.url(1000, 'late', youtube=True))}")
+        assert resp.status == 503 and "Retry-After" in resp.headers
+    assert origin.request_count == 0
+
+
+async def test_metrics_count_streams_bytes_requests_errors_refusals(origin):
+    size = 3_000_000
+    async with serve(max_streams=1) as client:
+        resp = await client.get(f"/stream?url={q(origin.url(size, 'm', youtube=True))}")
+        assert resp.status == 200 and len(await resp.read()) == size
+        resp = await client.get(f"/stream?url={q(origin.base_url + '/media/nothere')}")
+        assert resp.status == 404
+        slow = await client.get(f"/stream?url={q(origin.url(40_000_000, 'slow', youtube=True, rate=2e6))}")
+        assert slow.status == 200
+        busy = await client.get(f"/stream?url={q(origin.url(10, 'b'))}")
+        assert busy.status == 503
+        text = await (await client.get("/metrics")).text()
+        assert metric(text, "rangestream_active_streams") == 1
+        slow.close()
+    assert metric(text, "rangestream_bytes_out_total") >= size
+    assert metric(text, "rangestream_upstream_requests_total") == 2  # the slow one counts when it ends
+    assert metric(text, "rangestream_ttfb_seconds_count") >= 2
+    assert metric(text, "rangestream_errors_total", '{kind="HTTPStatusError"}') == 1
+    assert metric(text, "rangestream_refusals_total", '{reason="max_streams"}') == 1
+    assert "rangestream_retries_total" in text and "rangestream_refreshes_total" in text
+
+
+def test_sigterm_drains_running_streams_then_exits(origin_process):
+    """SIGTERM: the listener closes, a running stream finishes byte-exact within the grace."""
+    base_origin, content = origin_process
+    size = 6_000_000
+    url = f"{base_origin}/data/drain/{size}.bin?rate=3e6"  # about 2 s
+    with serve_process("--allow-private", "--grace", "20") as (proc, base):
+        async def run() -> bytes:
+            async with aiohttp.ClientSession() as s, s.get(f"{base}/stream?url={q(url)}") as resp:
+                assert resp.status == 200
+                first = await resp.content.readexactly(100_000)
+                proc.send_signal(signal.SIGTERM)
+                # new connections are refused while the stream drains
+                await asyncio.sleep(0.3)
+                with pytest.raises(aiohttp.ClientConnectionError):
+                    async with aiohttp.ClientSession() as s2:
+                        await s2.get(f"{base}/healthz")
+                return first + await resp.read()
+        body = asyncio.run(run())
+        assert body == content("drain", size)
+        assert proc.wait(timeout=15) == 0
+
+
+def test_grace_cuts_streams_that_outlast_it(origin_process):
+    base_origin, _ = origin_process
+    url = f"{base_origin}/data/long/40000000.bin?rate=1e6"  # 40 s
+    with serve_process("--allow-private", "--grace", "1") as (proc, base):
+        async def run() -> None:
+            async with aiohttp.ClientSession() as s, s.get(f"{base}/stream?url={q(url)}") as resp:
+                assert resp.status == 200
+                await resp.content.readexactly(10_000)
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()
+        asyncio.run(run())
+        assert proc.wait(timeout=10) == 0
+
+
+def test_workers_share_one_port_and_sum_metrics(origin_process):
+    base_origin, content = origin_process
+    with serve_process("--allow-private", "--workers", "2") as (proc, base):
+        async def run() -> str:
+            async with aiohttp.ClientSession() as s:
+                async def one(i: int) -> None:
+                    # a fresh connection each: the kernel spreads them over the workers
+                    async with aiohttp.ClientSession() as own, own.get(
+                            f"{base}/stream?url={q(f'{base_origin}/data/w{i}/100000.bin')}") as resp:
+                        assert await resp.read() == content(f"w{i}", 100_000)
+                await asyncio.gather(*(one(i) for i in range(12)))
+                pids = set()
+                for _ in range(40):  # bounded: until two different workers answered
+                    async with aiohttp.ClientSession() as own, own.get(f"{base}/healthz") as resp:
+                        pids.add((await resp.json())["worker"])
+                    if len(pids) >= 2:
+                        break
+                assert len(pids) == 2, "the connections did not reach two workers"
+                async with s.get(f"{base}/metrics") as resp:
+                    return await resp.text()
+        text = asyncio.run(run())
+        # every worker answers with the sum over both
+        assert metric(text, "rangestream_bytes_out_total") == 12 * 100_000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+async def test_create_app_factory_reads_serve_flags(monkeypatch):
+    from rangestream.service import create_app
+    from rangestream.service.state import STATE
+
+    monkeypatch.setenv("RANGESTREAM_SERVE_ARGS", "--max-streams 3 --allow-host example.com --read-ahead 4")
+    app = await create_app()
+    options = app[STATE].options
+    assert options.max_streams == 3 and options.allow_hosts == ("example.com",)
+    assert options.read_ahead == 4 << 20
+
+
+@pytest.fixture
+def origin_process():
+    """The emulated CDN as a subprocess (tests that run the service synchronously)."""
+    import subprocess
+    import sys
+
+    from rangestream.origin import Origin, PROFILES
+    from service_support import SRC
+
+    proc = subprocess.Popen([sys.executable, "-m", "rangestream.origin", "--port", "0", "--profile", "fast"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert m, line
+        model = Origin(PROFILES["fast"])
+        yield m.group(0), model.content
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
