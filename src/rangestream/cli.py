@@ -2045,6 +2045,10 @@ def _main(argv: list[str] | None = None) -> int:
         from .service import main as serve_main
 
         return serve_main(argv[1:])
+    if argv and argv[0] == "sign":
+        from .service import sign_main
+
+        return sign_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
