@@ -48,7 +48,7 @@ from ..headers import merge_headers
 from ..redact import redact_text
 from ..refresh import Resolution, ResolveError, Resolver, ResolverUnavailable, StreamFormat, is_page_url
 from .guard import Guard, UpstreamRefused
-from .handlers import MUX_TYPES, _run_mux, abort
+from .handlers import MEDIA_HEADERS, MUX_TYPES, Output, _run_mux, abort
 from .replies import Reply, reply_for
 from .state import STATE, State
 from .watch import (
@@ -82,8 +82,6 @@ _STATIC = {"page.js": "text/javascript", "page.css": "text/css"}
 # The page runs only its own script and loads only from this service.
 _PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
              "media-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-_MEDIA_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                  "Content-Security-Policy": "sandbox", "Accept-Ranges": "none"}
 
 
 class _Page:
@@ -245,7 +243,7 @@ async def _resolution(request: web.Request, p: _Params) -> tuple[Resolution, Res
 async def info_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
     p = await _params(request, state)
-    async with state.slot():  # yt-dlp is costly: resolutions count as streams
+    async with state.slot(request):  # yt-dlp is costly: resolutions count as streams
         res, _ = await _resolution(request, p)
     ext = output_container(res, p.container)
     playable = ext in PLAYABLE or (not res.needs_mux and media_type(ext).startswith(("video/", "audio/"))
@@ -291,7 +289,7 @@ async def watch_handler(request: web.Request) -> web.StreamResponse:
     p = await _params(request, state)
     job = Job(page.store, p.job, "")
     try:
-        async with state.slot():
+        async with state.slot(request):
             job.flush(force=True)
             res, resolver = await _resolution(request, p)
             job.title = res.title
@@ -321,11 +319,14 @@ async def _open(stack: contextlib.AsyncExitStack, state: State, res: Resolution,
         headers = merge_headers(f.http_headers)
         if headers:
             options["headers"] = headers
+        opening = state.open_stream(f.url, **options)
+        stack.callback(state.metrics.add_stream_stats, opening.stats)
         try:
-            stream = await stack.enter_async_context(state.open_stream(f.url, **options))
+            stream = await stack.enter_async_context(opening)
         except RangestreamError as e:
             r = reply_for(e)
-            raise Reply(r.status if r.status in (403, 404, 410) else 502, f"{name}: {r.message}") from None
+            raise Reply(r.status if r.status in (403, 404, 410) else 502, f"{name}: {r.message}",
+                        kind=r.kind, refusal=r.refusal) from None
         job.add(name, stream)
         pieces = counted(stream, job, name)
         stack.push_async_callback(pieces.aclose)
@@ -336,7 +337,7 @@ async def _open(stack: contextlib.AsyncExitStack, state: State, res: Resolution,
 async def _send(request: web.Request, state: State, res: Resolution, resolver: Resolver | None, p: _Params,
                 job: Job) -> _CountingResponse:
     ext = output_container(res, p.container)
-    headers = dict(_MEDIA_HEADERS)
+    headers = {**MEDIA_HEADERS, "Accept-Ranges": "none"}
     headers["Content-Type"] = MUX_TYPES[ext] if res.needs_mux else media_type(ext)
     if p.download:
         headers["Content-Disposition"] = attachment(file_name(res, ext))
@@ -347,13 +348,14 @@ async def _send(request: web.Request, state: State, res: Resolution, resolver: R
         resp = _CountingResponse(job, status=200, headers=headers)
         if res.needs_mux:
             resp.enable_chunked_encoding()
-            await _run_mux(request, resp, streams, ext)
+            await _run_mux(request, resp, streams, ext, state)
         else:
-            await _send_single(request, resp, streams["media"], job)
+            await _send_single(request, state, resp, streams["media"], job)
         return resp
 
 
-async def _send_single(request: web.Request, resp: _CountingResponse, pieces: Any, job: Job) -> None:
+async def _send_single(request: web.Request, state: State, resp: _CountingResponse, pieces: Any,
+                       job: Job) -> None:
     """One stream as it is; headers (with the length) once its first byte arrived."""
     try:
         first = await pieces.__anext__()
@@ -365,14 +367,16 @@ async def _send_single(request: web.Request, resp: _CountingResponse, pieces: An
     if size is not None:
         resp.content_length = size
     await resp.prepare(request)
+    out = Output(request, resp, state)  # the write timeout, bytes out, time to first byte
     try:
         if first:
-            await resp.write(first)
+            await out.write(first)
         async for piece in pieces:
-            await resp.write(piece)
+            await out.write(piece)
     except ConnectionResetError:
         return
     except RangestreamError as e:
+        state.metrics.errors.labels(type(e).__name__).inc()
         log.warning("/watch failed after the headers: %s", redact_text(str(e)))
         await abort(request)
         return
