@@ -47,7 +47,7 @@ from pathlib import Path
 import av
 
 from rangestream.media import KINDS, generate_clip
-from rangestream.mux import FORMATS, mux
+from rangestream.muxer import FORMATS, mux
 
 PIECE = 1024 * 1024
 BASE_SECONDS = 4.0
@@ -154,7 +154,7 @@ def run_rangestream(vpath: Path, apath: Path, fmt: str, out: Path) -> Run:
 
 
 def run_engine(vpath: Path, apath: Path, fmt: str, out: Path) -> Run:
-    from rangestream.mux import mux_urls
+    from rangestream.muxer import mux_urls
     from rangestream.origin import Origin
 
     vdata, adata = vpath.read_bytes(), apath.read_bytes()

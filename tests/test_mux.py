@@ -22,7 +22,8 @@ import pytest
 
 from rangestream.errors import MuxError, RangestreamError, StreamError
 from rangestream.media import KINDS, generate_clip
-from rangestream.mux import MuxResult, _IndexSniffer, mux
+from rangestream.muxer import MuxResult, mux
+from rangestream.muxer.sniff import IndexSniffer as _IndexSniffer
 
 FRAME = 1 / 25  # one video frame at the clips' rate
 
@@ -668,7 +669,7 @@ def _retry():
 
 @pytest.mark.parametrize("youtube", [False, True], ids=["media-url", "youtube-url"])
 async def test_mux_urls_survives_resets(origin, tmp_path, youtube):
-    from rangestream.mux import mux_urls
+    from rangestream.muxer import mux_urls
 
     v, a = generate_clip("h264-fmp4"), generate_clip("aac-fmp4")
     origin.add_object("v.mp4", v, "video/mp4")
@@ -687,7 +688,7 @@ async def test_mux_urls_survives_resets(origin, tmp_path, youtube):
 
 async def test_mux_urls_webm_pair_to_async_sink_with_shared_client(origin):
     import rangestream
-    from rangestream.mux import mux_urls
+    from rangestream.muxer import mux_urls
 
     v, a = generate_clip("vp9-webm"), generate_clip("opus-webm")
     vurl = origin.add_object("v.webm", v, "video/webm")
@@ -704,7 +705,7 @@ async def test_mux_urls_webm_pair_to_async_sink_with_shared_client(origin):
 @pytest.mark.parametrize("youtube", [False, True], ids=["media-url", "youtube-url"])
 async def test_mux_urls_404_names_the_input(origin, tmp_path, bad, youtube):
     import rangestream
-    from rangestream.mux import mux_urls
+    from rangestream.muxer import mux_urls
 
     origin.add_object("v.mp4", generate_clip("h264-fmp4"), "video/mp4")
     origin.add_object("a.m4a", generate_clip("aac-fmp4"), "audio/mp4")
@@ -723,7 +724,7 @@ async def test_mux_urls_404_names_the_input(origin, tmp_path, bad, youtube):
 
 
 async def test_mux_urls_bad_format_makes_no_request(origin, tmp_path):
-    from rangestream.mux import mux_urls
+    from rangestream.muxer import mux_urls
 
     url = origin.add_object("v.mp4", generate_clip("h264-fmp4"), "video/mp4")
     with pytest.raises(MuxError, match="avi"):

@@ -22,7 +22,7 @@ from .errors import (
     URLExpiredError,
 )
 from .fetcher import ChunkTrace, Stats, Stream
-from .mux import MuxResult, mux, mux_urls
+from .muxer import MuxResult, mux, mux_urls
 from .plan import DEFAULT_CHUNK_SIZE, ByteRange
 from .retry import Retry, Timeouts
 
