@@ -23,11 +23,10 @@ import av
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from test_refresh import Page, Rep, expired_requests, register, signatures
 
 from rangestream.retry import Retry
 from rangestream.service import ServerOptions, make_app
-
-from test_refresh import Page, Rep, expired_requests, register, signatures
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -176,7 +175,7 @@ async def test_watch_re_resolves_urls_that_expire_mid_stream_byte_exact(origin):
 
 
 async def test_watch_direct_links_pairs_and_errors_in_plain_words(origin, monkeypatch):
-    video, audio = await register(origin)
+    video, _ = await register(origin)
     async with serve() as client:
         # A direct media link: one stream, as it is, with its length and a name from its path.
         resp = await client.get(f"/watch?url={q(origin.media_url('vid'))}&download=1")

@@ -46,7 +46,14 @@ from aiohttp import web
 from ..errors import RangestreamError
 from ..headers import merge_headers
 from ..redact import redact_text
-from ..refresh import Resolution, ResolveError, Resolver, ResolverUnavailable, StreamFormat, is_page_url
+from ..refresh import (
+    Resolution,
+    ResolveError,
+    Resolver,
+    ResolverUnavailable,
+    StreamFormat,
+    is_page_url,
+)
 from .guard import Guard, UpstreamRefused
 from .handlers import MEDIA_HEADERS, MUX_TYPES, Output, _run_mux, abort
 from .replies import Reply, reply_for

@@ -27,14 +27,22 @@ import stat
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import RangestreamError
 from ..plan import size_from_url, url_param
 from ..redact import redact_text, redact_url
-from ..refresh import Resolution, ResolveError, Resolver, ResolverUnavailable, StreamFormat, is_page_url, output_name
+from ..refresh import (
+    Resolution,
+    ResolveError,
+    Resolver,
+    ResolverUnavailable,
+    StreamFormat,
+    is_page_url,
+    output_name,
+)
 
 log = logging.getLogger("rangestream.service")
 
@@ -295,7 +303,7 @@ class Job:
             self.store.put(self.id, self.snapshot())
 
 
-async def counted(stream: Any, job: Job, name: str) -> AsyncIterator[bytes]:
+async def counted(stream: Any, job: Job, name: str) -> AsyncGenerator[bytes, None]:
     """``stream``'s pieces, counted into ``job`` (an input failure is recorded, then raised)."""
     try:
         async for piece in stream:
