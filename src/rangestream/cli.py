@@ -1587,7 +1587,7 @@ def _open_locked(path: str) -> Any:
 async def _mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], out: str, fmt: str) -> int:
     """Fetch the (video, audio) inputs, each ``(name, url, stream options)``, and mux them into
     ``out`` (via ``out.part``, renamed when complete) or stdout (``-``)."""
-    from .mux import mux as mux_streams  # PyAV loads only for this subcommand
+    from .muxer import mux as mux_streams  # PyAV loads only for this subcommand
 
     args, display, summary = ctx.args, ctx.display, ctx.summary
     part = out + ".part"

@@ -189,7 +189,7 @@ def _bars(title: str, rows: list[tuple[str, float, str]], scale: float, style: s
 
 async def _mux_demo(ctx: Context, console: Console, out: str, chunk_size: int) -> int:
     from . import media
-    from .mux import mux_urls
+    from .muxer import mux_urls
     from .origin import Origin
 
     display = ctx.display

@@ -10,7 +10,7 @@ import time
 from aiohttp import web
 
 from ..errors import MuxError, ObjectChangedError, RangestreamError
-from ..mux import mux
+from ..muxer import mux
 from ..plan import size_from_url, url_param
 from ..redact import redact_text, redact_url
 from .guard import find_refusal
