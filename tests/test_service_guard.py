@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from service_support import q, serve
 
 from rangestream import Client, Retry
 from rangestream.service import Guard, GuardedTransport
 from rangestream.service.guard import is_public_address
-
-from service_support import q, serve
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -10,14 +10,13 @@ import signal
 
 import aiohttp
 import pytest
-
-from service_support import q, serve, serve_process, wait_for
+from service_support import q, serve, serve_process
 
 pytestmark = pytest.mark.timeout(40)
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
-    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", text, re.MULTILINE)
     assert m, f"{name}{labels} not in /metrics"
     return float(m.group(1))
 
@@ -139,8 +138,9 @@ def origin_process():
     import subprocess
     import sys
 
-    from rangestream.origin import Origin, PROFILES
     from service_support import SRC
+
+    from rangestream.origin import PROFILES, Origin
 
     proc = subprocess.Popen([sys.executable, "-m", "rangestream.origin", "--port", "0", "--profile", "fast"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -29,6 +29,7 @@ _OCTETS = "application/octet-stream"
 # ASCII digits only, at most 19 of them (int64 range: larger is never a real offset).
 _RANGE = re.compile(r"^[ \t]*bytes[ \t]*=[ \t]*([0-9]{0,19})[ \t]*-[ \t]*([0-9]{0,19})[ \t]*$",
                     re.IGNORECASE | re.ASCII)
+_MAX_END = 1 << 62  # beyond any object; keeps the engine's range arithmetic in machine integers
 # Proxied media is never a document: no sniffing into HTML, no script if opened directly.
 MEDIA_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                  "Content-Security-Policy": "sandbox"}
@@ -120,6 +121,8 @@ async def _serve_stream(request: web.Request, state: State, url: str, spec: Spec
         raise unsatisfiable(size)
     if size is not None and stop is not None:
         stop = min(stop, max(size, start + 1))  # clamp the end; a start past the end stays a 416
+    elif stop is not None:
+        stop = min(stop, _MAX_END)  # size unknown: the engine clips to it once known
     for ranged in ((True, False) if spec is not None else (False,)):
         if not ranged:
             start, stop = 0, None
