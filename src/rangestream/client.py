@@ -31,6 +31,11 @@ class Client:
     the built-in transport is then :class:`~rangestream.transport_curl.CurlTransport`
     (curl_cffi, ``pip install 'rangestream[impersonate]'``) with the same options.
 
+    ``cacert``: a PEM file of CA certificates to trust instead of the system's (curl's
+    ``--cacert``; without it the system's CAs and ``SSL_CERT_FILE`` apply); ``insecure``:
+    do not verify TLS certificates (curl's ``--insecure``). An untrusted certificate
+    raises :class:`~rangestream.errors.TLSError` at once (not retried).
+
     ``stream_defaults`` (chunk_size, window, retry, timeouts, refresh, ...) apply to
     every :meth:`open_stream` unless overridden there.
     """
@@ -39,6 +44,7 @@ class Client:
                  transport: Transport | None = None, limit_per_host: int = 0,
                  cookies_file: str | os.PathLike[str] | None = None,
                  requests_per_second: float | None = None, impersonate: str | None = None,
+                 cacert: str | os.PathLike[str] | None = None, insecure: bool = False,
                  **stream_defaults: Any) -> None:
         self.headers: dict[str, str] = dict(headers or {})
         self.proxy = proxy
@@ -46,12 +52,14 @@ class Client:
         if transport is None:
             cookies = load_cookies(cookies_file) if cookies_file is not None else None
             self._transport_options = dict(limit_per_host=limit_per_host, cookies=cookies,
-                                           requests_per_second=requests_per_second)
+                                           requests_per_second=requests_per_second,
+                                           cacert=cacert, insecure=insecure)
             self._impersonate = impersonate
             transport = self._build_transport(proxy)
-        elif cookies_file is not None or limit_per_host or requests_per_second or proxy or impersonate:
-            raise ValueError("proxy, cookies_file, limit_per_host, requests_per_second and impersonate "
-                             "configure the built-in transport; configure your transport= instead")
+        elif (cookies_file is not None or limit_per_host or requests_per_second or proxy or impersonate
+              or cacert is not None or insecure):
+            raise ValueError("proxy, cookies_file, limit_per_host, requests_per_second, impersonate, cacert "
+                             "and insecure configure the built-in transport; configure your transport= instead")
         self._transport: Transport = transport
         # Streams pinned to another proxy get a transport (a pool) of their own, closed with the client.
         self._by_proxy: dict[str | None, Transport] = {proxy: transport}
@@ -94,11 +102,12 @@ def _curl_transport(impersonate: str, **options: Any) -> Transport:
 
 def open_stream(url: str, *, headers: dict[str, str] | None = None, proxy: str | None = None,
                 transport: Transport | None = None, cookies_file: str | os.PathLike[str] | None = None,
-                impersonate: str | None = None, **options: Any) -> Stream:
+                impersonate: str | None = None, cacert: str | os.PathLike[str] | None = None,
+                insecure: bool = False, **options: Any) -> Stream:
     """Open one stream with a private :class:`Client`, closed when the stream is left.
 
     ``async with open_stream(url, chunk_size=9_500_000, window=2) as stream: ...``
     """
     client = Client(headers=headers, proxy=proxy, transport=transport, cookies_file=cookies_file,
-                    impersonate=impersonate)
+                    impersonate=impersonate, cacert=cacert, insecure=insecure)
     return Stream(client, url, owns_client=True, **options)

@@ -2,9 +2,16 @@
 
 The engine drives a :class:`Transport` and sees :class:`Response` objects; it
 never imports aiohttp. A transport turns its library's failures into
-:class:`~rangestream.errors.TransientError` (worth retrying) or
-:class:`~rangestream.errors.InvalidURLError` (never), and enforces the idle-read
+:class:`~rangestream.errors.TransientError` (worth retrying),
+:class:`~rangestream.errors.InvalidURLError` (never), or a terminal
+:class:`~rangestream.errors.StreamError` that retrying cannot fix
+(:class:`~rangestream.errors.TLSError`, :class:`~rangestream.errors.ProxyError`,
+:class:`~rangestream.errors.TooManyRedirectsError`), and enforces the idle-read
 timeout itself, so the engine's retry logic is the same for every transport.
+
+The idle timeout covers the body only: it starts when the engine first waits for
+body bytes. The wait for the response headers is the engine's request timeout
+(a server that thinks before answering is not idle).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import logging
+import os
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -20,9 +29,10 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 from yarl import URL
 
-from .errors import InvalidURLError, RangestreamError, TransientError
+from .errors import (InvalidURLError, ProxyError, RangestreamError, TLSError, TooManyRedirectsError,
+                     TransientError)
 from .headers import add_cookies, headers_for
-from .redact import redact_url
+from .redact import redact_text, redact_url
 
 log = logging.getLogger("rangestream")
 
@@ -53,10 +63,11 @@ class Transport(Protocol):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_resp", "status", "headers", "connection_id")
+    __slots__ = ("_resp", "_idle", "status", "headers", "connection_id")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, idle_timeout: float | None = None) -> None:
         self._resp = resp
+        self._idle = idle_timeout
         self.status = resp.status
         self.headers = resp.headers
         # The local socket address names the TCP connection (for bytes-per-connection stats).
@@ -65,9 +76,18 @@ class _AiohttpResponse:
         self.connection_id: str | None = f"{sock[0]}:{sock[1]}" if sock else None
 
     async def read_piece(self) -> bytes:
+        content = self._resp.content
         try:
-            return await self._resp.content.readany()
-        except asyncio.TimeoutError as e:  # aiohttp's sock_read: our idle timeout
+            # Bytes already buffered need no timer (the hot path on a fast link).
+            data = content.read_nowait()
+            if data or content.at_eof():
+                return data
+            # The idle timeout runs only while we wait for bytes: not while the headers are
+            # awaited (aiohttp's sock_read would count that too) nor while a response is held
+            # unread (a headers-only prefetch).
+            async with asyncio.timeout(self._idle):
+                return await content.readany()
+        except TimeoutError as e:
             raise TransientError("no data received within the idle timeout") from e
         except (aiohttp.ClientError, OSError) as e:
             raise TransientError(f"connection lost mid-body ({type(e).__name__})") from e
@@ -121,11 +141,19 @@ class AiohttpTransport:
 
     ``read_bufsize`` is large because each read costs Python overhead: big
     pieces keep CPU per GB near curl's (see ``benchmarks/window.py``).
+
+    ``cacert``: a PEM file of the CA certificates to trust *instead of* the system's
+    (as curl's ``--cacert``); ``insecure``: do not verify certificates at all (curl's
+    ``-k``). Without either, the system's CAs are used (``SSL_CERT_FILE`` is honoured).
+    An untrusted certificate is a :class:`~rangestream.errors.TLSError` (not retried).
     """
 
     def __init__(self, *, proxy: str | None = None, limit: int = 64, limit_per_host: int = 0,
                  read_bufsize: int = 1 << 20, cookies: http.cookiejar.CookieJar | None = None,
-                 requests_per_second: float | None = None) -> None:
+                 requests_per_second: float | None = None,
+                 cacert: str | os.PathLike[str] | None = None, insecure: bool = False) -> None:
+        self._ssl: ssl.SSLContext | bool = False if insecure else (
+            ca_context(cacert) if cacert is not None else True)
         self._proxy = proxy or None
         self._socks: tuple[Any, ...] | None = None
         if self._proxy is not None:
@@ -162,15 +190,22 @@ class AiohttpTransport:
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
                       connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response:
         session = self._get_session()
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
+        # No sock_read: it would also time the wait for the headers (see the module docstring).
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         http_proxy = None if self._socks is not None else self._proxy
         headers = dict(headers)
         for _hop in range(_MAX_REDIRECTS + 1):
             if self._pacer is not None:
                 await self._pacer.wait(_host_key(url))
             try:
-                resp = await session.request(method, url, headers=self._headers(url, headers), data=data,
-                                             proxy=http_proxy, timeout=timeout, allow_redirects=False)
+                # Headers within connect + idle (as CurlTransport); the engine's request timeout,
+                # shorter, normally ends the wait first.
+                async with asyncio.timeout(connect_timeout + idle_timeout):
+                    resp = await session.request(method, url, headers=self._headers(url, headers), data=data,
+                                                 proxy=http_proxy, timeout=timeout, allow_redirects=False,
+                                                 ssl=self._ssl)
+            except aiohttp.ClientSSLError as e:  # before ValueError: a certificate error is one too
+                raise _tls_error(e, url, e.os_error) from None
             except (aiohttp.InvalidURL, ValueError) as e:
                 raise InvalidURLError(f"invalid URL {redact_url(url)}: {_describe(e)}") from None
             except asyncio.TimeoutError as e:
@@ -190,7 +225,7 @@ class AiohttpTransport:
                 raise _proxy_auth_failed(self._proxy)
             location = resp.headers.get("Location")
             if resp.status not in _REDIRECTS or not location:
-                return _AiohttpResponse(resp)
+                return _AiohttpResponse(resp, idle_timeout)
             _AiohttpResponse(resp).close()
             try:
                 target = resp.url.join(URL(location))
@@ -206,7 +241,7 @@ class AiohttpTransport:
             if resp.status == 303:
                 method, data = "GET", None
             url = str(target)
-        raise TransientError(f"more than {_MAX_REDIRECTS} redirects")
+        raise too_many_redirects(url)
 
     def _via(self) -> str:
         return f" (via proxy {redact_url(self._proxy)})" if self._proxy else ""
@@ -249,9 +284,58 @@ def _parse_proxy(proxy: str) -> tuple[Any, ...] | None:
     return getattr(ProxyType, kind), host, port or 1080, user, password, rdns
 
 
-def _proxy_auth_failed(proxy: str | None) -> RangestreamError:
+def _proxy_auth_failed(proxy: str | None) -> ProxyError:
     # Not worth retrying: the same credentials will be refused again.
-    return RangestreamError(f"the proxy refused the credentials (HTTP 407; via proxy {redact_url(proxy)})")
+    try:
+        has_credentials = bool(proxy and urlsplit(proxy).username)
+    except ValueError:
+        has_credentials = False
+    what = ("the proxy refused the credentials given in the proxy URL" if has_credentials else
+            "the proxy requires credentials: give them in the proxy URL (http://USER:PASSWORD@HOST:PORT)")
+    return ProxyError(f"{what} (HTTP 407 Proxy Authentication Required; via proxy {redact_url(proxy)})",
+                      status=407)
+
+
+def too_many_redirects(last: str) -> TooManyRedirectsError:
+    # A loop (or a chain this long) answers the same way on every retry: terminal.
+    return TooManyRedirectsError(f"too many redirects: more than {_MAX_REDIRECTS} in a row (a redirect "
+                                 f"loop?), the last to {redact_url(last)}")
+
+
+# Why a certificate failed, and how a user who trusts the server gets past it.
+TLS_HINT = ("if you trust this server, give its CA certificate with --cacert FILE (Client(cacert=...)) or "
+            "the SSL_CERT_FILE environment variable, or turn verification off with --insecure (insecure=True)")
+
+
+def ca_context(cacert: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A verifying SSL context trusting only the CAs in the PEM file ``cacert``."""
+    try:
+        return ssl.create_default_context(cafile=os.fspath(cacert))
+    except (OSError, ssl.SSLError) as e:  # missing, unreadable, not PEM
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise RangestreamError(f"cannot use the CA file {os.fspath(cacert)}: {reason}") from None
+
+
+def tls_error(url: str, reason: str, *, certificate: bool) -> TLSError:
+    try:
+        parts = urlsplit(url)
+        where = f"{parts.hostname}:{parts.port or 443}"
+    except ValueError:
+        where = "the server"
+    reason = redact_text(reason)
+    if certificate:
+        return TLSError(f"TLS certificate of {where} not trusted ({reason}); {TLS_HINT}", url=url)
+    return TLSError(f"TLS handshake with {where} failed ({reason})", url=url)
+
+
+def _tls_error(e: aiohttp.ClientSSLError, url: str, original: BaseException) -> TLSError | TransientError:
+    if isinstance(original, ssl.SSLCertVerificationError):
+        why = original.verify_message or original.reason or "certificate verification failed"
+        return tls_error(url, str(why), certificate=True)
+    if isinstance(original, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):  # cut mid-handshake: may pass
+        return TransientError(f"request failed: connection closed during the TLS handshake ({type(original).__name__})")
+    why = getattr(original, "reason", None) or type(original).__name__
+    return tls_error(url, str(why), certificate=False)
 
 
 def _is_proxy_error(e: BaseException) -> bool:

@@ -57,6 +57,8 @@ import asyncio
 import collections
 import http.cookiejar
 import logging
+import os
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -67,7 +69,7 @@ from .errors import InvalidURLError, RangestreamError, TransientError
 from .headers import _BROWSER, add_cookies, default_headers, merge_headers
 from .redact import redact_url
 from .transport import (_MAX_REDIRECTS, _REDIRECTS, HostPacer, Response, _host_key,
-                        _proxy_auth_failed)
+                        _proxy_auth_failed, ca_context, tls_error, too_many_redirects)
 
 try:
     from curl_cffi import AsyncCurl, Curl, CurlError
@@ -86,6 +88,11 @@ _PROXY_SCHEMES = {"http": "http", "https": "https",
                   # As AiohttpTransport: SOCKS5 always resolves names at the proxy.
                   "socks5": "socks5h", "socks5h": "socks5h", "socks4": "socks4", "socks4a": "socks4a"}
 _INVALID_URL_CODES = frozenset({CurlECode.UNSUPPORTED_PROTOCOL, CurlECode.URL_MALFORMAT})
+# The server's certificate is not trusted (or not the one pinned): retrying cannot help.
+_CERT_CODES = frozenset({CurlECode.PEER_FAILED_VERIFICATION, CurlECode.SSL_PINNEDPUBKEYNOTMATCH,
+                         CurlECode.SSL_INVALIDCERTSTATUS, CurlECode.SSL_ISSUER_ERROR})
+# libcurl's detail ("SSL certificate problem: ...") inside curl_cffi's message.
+_CURL_DETAIL = re.compile(r"curl: \(\d+\) (.*?)(?:\. See https://curl\.se/\S*.*)?$", re.S)
 _PROFILE_ONLY = tuple(_BROWSER)  # the generic browser headers the impersonation replaces
 
 
@@ -261,7 +268,9 @@ class CurlTransport:
     most that plus 16 KiB); ``recv_buffer``: libcurl's socket read size (``BUFFERSIZE``;
     64 KiB measured best on loopback: larger reads fill the queue within one event-loop
     turn and cost pause/resume cycles).
-    ``verify``: check TLS certificates (the default).
+    ``cacert``: a PEM file of the CA certificates to trust instead of the default bundle
+    (curl's ``--cacert``); ``insecure`` (or ``verify=False``): do not check TLS certificates.
+    An untrusted certificate is a :class:`~rangestream.errors.TLSError` (not retried).
 
     Counters for tests and benchmarks: ``buffered_peak`` (most bytes any response had
     queued), ``pauses`` and ``aborts``.
@@ -270,7 +279,8 @@ class CurlTransport:
     def __init__(self, impersonate: str | None = "chrome", *, proxy: str | None = None,
                  cookies: http.cookiejar.CookieJar | None = None, limit_per_host: int = 0,
                  requests_per_second: float | None = None, buffer_limit: int = 2 << 20,
-                 recv_buffer: int = 64 * 1024, verify: bool = True) -> None:
+                 recv_buffer: int = 64 * 1024, verify: bool = True,
+                 cacert: str | os.PathLike[str] | None = None, insecure: bool = False) -> None:
         self.impersonate = resolve_latest_browser_type(impersonate) if impersonate else None
         self._proxy = proxy or None
         self._curl_proxy = _parse_proxy(self._proxy) if self._proxy else None
@@ -281,7 +291,11 @@ class CurlTransport:
             raise ValueError("buffer_limit and recv_buffer must be positive")
         self.buffer_limit = buffer_limit
         self._recv_buffer = recv_buffer
-        self._verify = verify
+        self._verify = verify and not insecure
+        self._cacert: str | None = None
+        if cacert is not None and self._verify:
+            ca_context(cacert)  # the same checks (and message) as the aiohttp transport: fail now
+            self._cacert = os.fspath(cacert)
         self._acurl: AsyncCurl | None = None
         self._live: set[_CurlResponse] = set()
         self.buffered_peak = 0
@@ -352,7 +366,7 @@ class CurlTransport:
             if resp.status == 303:
                 method, data = "GET", None
             url = target
-        raise TransientError(f"more than {_MAX_REDIRECTS} redirects")
+        raise too_many_redirects(url)
 
     async def _request_once(self, method: str, url: str, headers: Mapping[str, str], *,
                             data: bytes | None = None,
@@ -418,6 +432,8 @@ class CurlTransport:
         if not self._verify:
             curl.setopt(CurlOpt.SSL_VERIFYPEER, 0)
             curl.setopt(CurlOpt.SSL_VERIFYHOST, 0)
+        elif self._cacert is not None:
+            curl.setopt(CurlOpt.CAINFO, self._cacert)  # instead of the default bundle, as curl --cacert
         if self._curl_proxy is not None:
             curl.setopt(CurlOpt.PROXY, self._curl_proxy.encode())
             curl.setopt(CurlOpt.SUPPRESS_CONNECT_HEADERS, 1)  # https: only the origin's headers
@@ -450,6 +466,9 @@ class CurlTransport:
             except CurlError:  # pragma: no cover
                 pass
         reason = _strerror(code)
+        if code in _CERT_CODES and not mid_body:
+            detail = _CURL_DETAIL.search(str(exc))
+            return tls_error(url, detail.group(1) if detail else reason, certificate=True)
         if mid_body:
             return TransientError(f"connection lost mid-body ({reason})")
         if code == CurlECode.OPERATION_TIMEDOUT:
