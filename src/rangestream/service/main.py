@@ -71,7 +71,8 @@ async def serve(options: ServerOptions, host: str, port: int, *, grace: float = 
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         begin_drain(app)
-        log.warning("draining: %d stream(s) running, up to %gs to finish", app[STATE].active, grace)
+        if app[STATE].active:
+            log.warning("draining: %d stream(s) running, up to %gs to finish", app[STATE].active, grace)
     finally:
         await runner.cleanup()
 

@@ -23,7 +23,7 @@ from .replies import Reply
 
 # Endpoints that act on upstream URLs: signed links apply to these, and cross-site
 # browser requests to them are refused. /watch is the page's endpoint (service/page.py).
-SIGNED_PATHS = frozenset({"/stream", "/mux", "/watch"})
+SIGNED_PATHS = frozenset({"/stream", "/mux", "/watch", "/watch/info"})
 API_PATHS = SIGNED_PATHS | {"/metrics"}
 OPEN_PATHS = frozenset({"/healthz"})  # for load balancers: never needs a token
 
