@@ -51,9 +51,9 @@ class Client:
         self._custom = transport is not None
         if transport is None:
             cookies = load_cookies(cookies_file) if cookies_file is not None else None
-            self._transport_options = dict(limit_per_host=limit_per_host, cookies=cookies,
-                                           requests_per_second=requests_per_second,
-                                           cacert=cacert, insecure=insecure)
+            self._transport_options: dict[str, Any] = dict(
+                limit_per_host=limit_per_host, cookies=cookies, requests_per_second=requests_per_second,
+                cacert=cacert, insecure=insecure)
             self._impersonate = impersonate
             transport = self._build_transport(proxy)
         elif (cookies_file is not None or limit_per_host or requests_per_second or proxy or impersonate

@@ -29,8 +29,14 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 from yarl import URL
 
-from .errors import (InvalidURLError, ProxyError, RangestreamError, TLSError, TooManyRedirectsError,
-                     TransientError)
+from .errors import (
+    InvalidURLError,
+    ProxyError,
+    RangestreamError,
+    TLSError,
+    TooManyRedirectsError,
+    TransientError,
+)
 from .headers import add_cookies, headers_for
 from .redact import redact_text, redact_url
 

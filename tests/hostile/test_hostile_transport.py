@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import sys
 import time
 import traceback
 from collections.abc import AsyncIterator
@@ -20,12 +19,10 @@ from pathlib import Path
 import pytest
 import trustme
 from aiohttp import web
+from hostile_support import check_cli, cli, fetch, serve
 
 import rangestream
 from rangestream import Retry, Timeouts
-
-sys.path.insert(0, str(Path(__file__).parent))
-from hostile_support import check_cli, cli, fetch, serve  # noqa: E402
 
 PAYLOAD = bytes(range(256)) * 256  # 64 KiB
 NO_RETRY = Retry(attempts=0, backoff=0.001, jitter=0)
@@ -178,9 +175,9 @@ async def test_cacert_and_insecure_give_the_exact_bytes(transport, tls_ca):
     log: list[str] = []
     async with serve_tls(ca, log) as url:
         trusted = await fetch(url, cacert=ca_file, chunk_size=20_000, window=3, retry=NO_RETRY)
-        async with rangestream.Client(insecure=True) as client:
-            async with client.open_stream(url, chunk_size=20_000, window=3, retry=NO_RETRY) as stream:
-                unverified = b"".join([p async for p in stream])
+        async with rangestream.Client(insecure=True) as client, \
+                client.open_stream(url, chunk_size=20_000, window=3, retry=NO_RETRY) as stream:
+            unverified = b"".join([p async for p in stream])
     assert trusted == PAYLOAD and unverified == PAYLOAD
     assert len(log) == 2 * 4
 
