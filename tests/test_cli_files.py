@@ -289,3 +289,34 @@ async def test_window_from_the_environment_is_bounded_too(tmp_path):
     rc, _, err = await run("get", closed_port_url(), "--retries", "0", "-o", "-", cwd=tmp_path,
                            env=_env(RANGESTREAM_WINDOW="1000"), timeout=20)
     assert rc == 2 and "RANGESTREAM_WINDOW='1000'" in err and "window must be 1..64" in err, err
+
+
+async def test_fifo_reader_going_away_is_a_quiet_broken_pipe(origin, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    size = 30_000_000
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rangestream", "get", origin.url(size, "fifo-head"), "-o", str(fifo), "--quiet",
+        cwd=tmp_path, env=_env(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+
+    def read_head(deadline: float) -> bytes:  # like `head -c 100 < pipe`, bounded in time
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            while time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.1)[0] and (data := os.read(fd, 100)):
+                    return data
+                time.sleep(0.01)
+            return b""
+        finally:
+            os.close(fd)
+
+    try:
+        got = await asyncio.to_thread(read_head, time.monotonic() + 20)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert got and got == origin.content("fifo-head", size)[:len(got)]
+    assert proc.returncode == 141 and err == b"", err

@@ -87,7 +87,8 @@ EXIT_CODES = {
                    "or not a regular file",
     EXIT_PROXY: "proxy refused (authentication required: HTTP 407 from --proxy)",
     EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT) after saving the sidecar; 143 for SIGTERM",
-    EXIT_BROKEN_PIPE: "stdout was closed by its reader (e.g. '| head -c 100'); nothing is printed",
+    EXIT_BROKEN_PIPE: "stdout (or a FIFO given to -o) was closed by its reader (e.g. '| head -c 100'); "
+                      "nothing is printed",
 }
 
 ENV_VARS = {
@@ -1570,11 +1571,9 @@ def _container_of(path: str) -> str | None:
 
 
 def _open_locked(path: str) -> Any:
-    """``path`` opened for writing under an exclusive lock, emptied; refused if another run holds it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as e:
-        raise local_io_error(e, path, "open") from e
+    """``path`` opened for writing under an exclusive lock, emptied; refused if another run holds it,
+    if it is a symlink or not a regular file (as FILE.part for ``get``)."""
+    fd = open_part_fd(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
