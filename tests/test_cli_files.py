@@ -93,6 +93,18 @@ async def test_planted_part_symlink_never_overwrites_its_target(origin, tmp_path
     assert rc == 6 and victim.read_bytes() == b"precious data", err
 
 
+async def test_mux_part_symlink_is_never_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious data")
+    (tmp_path / "out.mp4.part").symlink_to(victim)
+    # The refusal comes before any request: the URLs need not answer.
+    rc, _, err = await run("mux", closed_port_url(), closed_port_url(), "-o", "out.mp4", "--retries", "0",
+                           cwd=tmp_path)
+    assert victim.read_bytes() == b"precious data"
+    assert rc == 6 and "out.mp4.part is a symbolic link" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.mp4").exists() and (tmp_path / "out.mp4.part").is_symlink()
+
+
 async def test_part_that_is_not_a_regular_file_is_refused(origin, tmp_path):
     os.mkfifo(tmp_path / "g.bin.part")
     rc, _, err = await run("get", origin.url(100 * KB, "fifo-part"), "-o", "g.bin", cwd=tmp_path, timeout=20)

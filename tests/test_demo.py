@@ -60,3 +60,15 @@ def test_demo_ctrl_c_stops_its_origin(tmp_path):
     assert "interrupted" in err and "Traceback" not in err
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass  # the origin subprocess is gone
+
+
+def test_demo_never_writes_through_a_planted_part_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious data")
+    (tmp_path / "clip.mp4.part").symlink_to(victim)
+    proc = subprocess.run([sys.executable, "-m", "rangestream", "demo", "--size", "1M", "--out", "clip.mp4"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=90)
+    assert victim.read_bytes() == b"precious data"
+    assert proc.returncode == 6, proc.stderr
+    assert "clip.mp4.part is a symbolic link" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "clip.mp4").exists()

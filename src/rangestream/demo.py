@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .cli import EXIT_FAILURE, EXIT_OK, MB, Context, RangestreamError, human_bytes, ticking
+from .cli import EXIT_FAILURE, EXIT_OK, MB, Context, RangestreamError, _open_locked, human_bytes, ticking
 from .origin import PROFILES, object_bytes
 
 OBJECT = "demo"
@@ -206,13 +206,18 @@ async def _mux_demo(ctx: Context, console: Console, out: str, chunk_size: int) -
         vurl = origin.media_url("demo-video", youtube=True)
         aurl = origin.media_url("demo-audio", youtube=True)
         started = time.monotonic()
+        # Opened as `mux -o` opens its out.part: never through a planted symlink, under a lock.
+        sink = _open_locked(part)
         try:
-            result = await mux_urls(vurl, aurl, part, "mp4", chunk_size=chunk_size, window="auto")
+            result = await mux_urls(vurl, aurl, sink, "mp4", chunk_size=chunk_size, window="auto")
+            sink.flush()
             os.replace(part, out)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(part)
+                os.unlink(part)  # ours: we opened it (not a symlink) and hold its lock
             raise
+        finally:
+            sink.close()
         took = time.monotonic() - started
     finally:
         await origin.close()
