@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from aiohttp import web
-
 from test_cli_files import _env, closed_port_url, ranged_handler, run
 
 KB = 1024

@@ -292,7 +292,7 @@ def test_flag_values_out_of_bounds_are_usage_errors(flags, message, capsys, tmp_
     monkeypatch.chdir(tmp_path)
     # A URL nobody answers: a flag accepted by mistake fails fast with another exit code.
     assert main(["get", closed_port_url(), "--retries", "0", "-o", "-", *flags]) == 2
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert message in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
 
