@@ -102,7 +102,7 @@ async def test_redirect_loop_exits_4_at_once(tmp_path):
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        rc, out, err = await run("get", f"http://127.0.0.1:{runner.addresses[0][1]}/loop", "-o", "x.bin",
+        rc, _, err = await run("get", f"http://127.0.0.1:{runner.addresses[0][1]}/loop", "-o", "x.bin",
                                  "--retries", "3", "--backoff", "0.01", cwd=tmp_path)
     finally:
         await runner.cleanup()
