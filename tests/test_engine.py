@@ -323,10 +323,11 @@ async def test_object_changed_mid_download_raises_and_never_mixes(origin):
 
 
 async def test_clen_must_match_content_range_total(origin):
+    # Another size is another version of the object: ObjectChangedError (CLI exit 5) at once.
     url = origin.url(100 * KB, "clenbad") + "?clen=99999"
-    with pytest.raises(rangestream.RetriesExhaustedError) as ei:
+    with pytest.raises(rangestream.ObjectChangedError) as ei:
         await fetch(url)
-    assert "differs from the size 99999" in str(ei.value)
+    assert "differs from the size 99999" in str(ei.value) and ei.value.attempts == 1
 
 
 # -- 6. cancellation and leaks ------------------------------------------------

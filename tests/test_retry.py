@@ -30,6 +30,14 @@ def test_retry_after_lengthens_never_shortens_and_is_capped():
     assert Retry(backoff=1, jitter=0, respect_retry_after=False).delay(1, retry_after=9) == 1
 
 
+def test_not_before_is_the_servers_wait_alone():
+    # What every attempt of a chunk honours after a Retry-After, prefetch or not (issue 9, item 4).
+    r = Retry(backoff=5.0, retry_after_cap=10)
+    assert r.not_before(None) == 0.0 and r.not_before(-3) == 0.0
+    assert r.not_before(2) == 2.0 and r.not_before(3600) == 10
+    assert Retry(respect_retry_after=False).not_before(9) == 0.0
+
+
 def test_which_statuses_retry():
     r = Retry()
     for s in (429, 500, 502, 503, 504, 599, 408):

@@ -102,12 +102,19 @@ class Stats:
     buffered_peak: int = 0  # most body bytes held for the consumer at once
     window_max: int = 0  # largest window the stream ran with (auto: what the controller chose)
     connections_max: int = 0  # most requests in flight at once (window + early next requests + splits)
+    # Requests in flight and (seconds since start, MB/s over the last tick, window), sampled
+    # every controller tick. A stream may run for hours (the service's do): when the series
+    # hold more than ``series_cap`` points, every other one is dropped and sampling halves,
+    # so they stay bounded and still span the whole life, evenly spaced.
     window_samples: list[int] = field(default_factory=list)
-    # (seconds since start, MB/s over the last tick, window) every tick of the controller
     timeline: list[tuple[float, float, int]] = field(default_factory=list)
+    series_cap: int = 256
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     traces: list[ChunkTrace] = field(default_factory=list)
+    _ticks: int = 0
+    _active_sum: int = 0  # window_mean counts every tick, not only the points kept
+    _stride: int = 1  # ticks per kept point
 
     @property
     def seconds(self) -> float:
@@ -115,11 +122,26 @@ class Stats:
 
     @property
     def window_mean(self) -> float:
-        return sum(self.window_samples) / len(self.window_samples) if self.window_samples else 0.0
+        return self._active_sum / self._ticks if self._ticks else 0.0
+
+    def sample(self, t: float, rate_mb: float, window: int, active: int) -> None:
+        """One controller tick: requests in flight, the aggregate rate, the window."""
+        self._ticks += 1
+        self._active_sum += active
+        if self._ticks % self._stride:
+            return
+        self.window_samples.append(active)
+        self.timeline.append((t, rate_mb, window))
+        while len(self.timeline) > max(self.series_cap, 2):
+            # Kept points sit at multiples of the stride: keep the even multiples, double it.
+            del self.timeline[::2]
+            del self.window_samples[::2]
+            self._stride *= 2
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items()
-             if k not in ("traces", "window_samples", "timeline", "started", "finished")}
+             if k not in ("traces", "window_samples", "timeline", "started", "finished", "series_cap")
+             and not k.startswith("_")}
         d["seconds"] = round(self.seconds, 3)
         d["window_mean"] = round(self.window_mean, 2)
         d["connections"] = len(self.connection_bytes)
@@ -130,10 +152,37 @@ class Stats:
 class _Slot:
     """One chunk of the window: its range, its buffered body, its outcome."""
 
-    __slots__ = ("index", "range", "pos", "out", "pieces", "buffered", "finished", "error", "wakeup",
-                 "task", "request_timeout", "prefetch_cut", "trace", "reading_since", "read_from",
-                 "last_rate", "urgent", "ending", "resp", "waiting_since", "reissue", "reissued_at",
-                 "gated", "gated_since")
+    __slots__ = (
+        "began_prefetch",
+        "buffered",
+        "ending",
+        "error",
+        "finished",
+        "gap",
+        "gated",
+        "gated_since",
+        "head_from",
+        "index",
+        "last_rate",
+        "not_before",
+        "out",
+        "parked",
+        "pieces",
+        "pos",
+        "range",
+        "read_from",
+        "reading_since",
+        "reissue",
+        "reissued_at",
+        "request_timeout",
+        "resp",
+        "task",
+        "to_end",
+        "trace",
+        "urgent",
+        "waiting_since",
+        "wakeup",
+    )
 
     def __init__(self, index: int, rng: ByteRange, wakeup: asyncio.Event) -> None:
         self.index = index
@@ -147,7 +196,6 @@ class _Slot:
         self.wakeup = wakeup
         self.task: asyncio.Task[None] | None = None
         self.request_timeout: asyncio.Timeout | None = None
-        self.prefetch_cut = False
         self.trace = ChunkTrace(index, rng.start, rng.stop)
         self.reading_since: float | None = None  # body phase of the current attempt began
         self.read_from = rng.start  # ...at this byte
@@ -160,6 +208,12 @@ class _Slot:
         self.reissued_at = -1  # slot.pos at the last re-issue: re-issue again only after progress
         self.gated = 0.0  # seconds this attempt spent held back by the memory budget
         self.gated_since: float | None = None  # held back right now, since
+        self.to_end = rng.stop is None  # may reach the end of an object of unknown size
+        self.began_prefetch = False  # the current attempt was sent before this chunk was the head
+        self.parked = False  # ...and its headers came before that too (a response held unread)
+        self.head_from = rng.start  # slot.pos when it became the head
+        self.not_before = 0.0  # monotonic time before which no attempt may start (Retry-After)
+        self.gap = 0.0  # longest wait for a piece of the current attempt's body (its pacing)
 
     def rate(self, now: float) -> float | None:
         """Body bytes/s of the current attempt (or the last one once it ended), not
@@ -187,6 +241,10 @@ class _Terminal(Exception):
 _TICK = 0.05
 # Never split a remainder into pieces smaller than this: a new request costs a round trip.
 _MIN_SPLIT = 256 << 10
+# A read is stalled once silent for this many times the longest gap its connection has shown...
+_GAPS = 4
+# ...and, with no other connection flowing to compare with, for at least this many seconds.
+_LONE_STALL = 2.0
 
 
 class Stream:
@@ -271,7 +329,8 @@ class Stream:
             self._clip_spans()
         self._whole_spans = False  # the server ignores Range: one request per span
         self._probe_open = False
-        self._order: list[_Slot] = []  # the window, in object order; [0] is the head
+        self._order: list[_Slot] = []  # the window, in object order
+        self._head: _Slot | None = None  # the chunk the consumer waits on (see _sync_head)
         self._next_index = 0
         self._buffered = 0
         self._read_total = 0
@@ -354,6 +413,7 @@ class Stream:
         self._unordered = True
         for slot in self._order:
             slot.wakeup = self._any_piece
+        self._sync_head()
         return self._iterate_unordered()
 
     def _start_iteration(self) -> None:
@@ -432,13 +492,30 @@ class Stream:
 
     def _retire(self, slot: _Slot) -> None:
         """A slot fully delivered: drop it, let the next chunk into the window."""
+        if slot not in self._order:
+            return  # dropped while the consumer held it (_take_over_rest): nothing to deliver
         self._order.remove(slot)
-        self._fill_window()
-        if not self._unordered and self._order:
-            self._on_new_head(self._order[0])
+        self._fill_window()  # also moves the head on
         self._notify()
 
+    def _sync_head(self) -> None:
+        """The head is the chunk the consumer waits on: in order, the first of the window;
+        unordered, the lowest chunk still fetching. Only the head's failures are charged,
+        and a prefetch becoming the head gets the prefetch timeout, in both modes."""
+        if self._stopping:
+            return
+        if self._unordered:
+            head = next((s for s in self._order if not s.finished), None)
+        else:
+            head = self._order[0] if self._order else None
+        if head is not self._head:
+            self._head = head
+            if head is not None:
+                self._on_new_head(head)
+            self._notify()  # prefetches waiting to become the head
+
     def _on_new_head(self, head: _Slot) -> None:
+        head.head_from = head.pos
         if head.trace.prefetched:
             self.stats.prefetch_hits += 1
         if head.request_timeout is not None:
@@ -447,8 +524,8 @@ class Stream:
             deadline = asyncio.get_running_loop().time() + self._timeouts.prefetch
             when = head.request_timeout.when()
             if when is None or deadline < when:
-                head.request_timeout.reschedule(deadline)
-                head.prefetch_cut = True
+                with contextlib.suppress(RuntimeError):  # it expired this very moment
+                    head.request_timeout.reschedule(deadline)
 
     # -- window -------------------------------------------------------------
 
@@ -495,11 +572,14 @@ class Stream:
             if sum(1 for s in self._order if not s.finished and not s.ending) >= self._window:
                 break
             if not self._size_known.is_set() and self._next_index > 0:
-                return  # size still unknown: only the probe may run
+                break  # size still unknown: only the probe may run
+            probe = not self._size_known.is_set()
             rng = self._plan_next()
             if rng is None:
                 break
-            self._add_slot(rng, len(self._order))
+            slot = self._add_slot(rng, len(self._order))
+            slot.to_end = slot.to_end or (probe and self._probe_open)  # the probe was cut from an open span
+        self._sync_head()
         self.stats.window_max = max(self.stats.window_max, self._window)
         self.stats.connections_max = max(self.stats.connections_max, self.active)
 
@@ -542,6 +622,47 @@ class Stream:
         self._size_known.set()
         self._fill_window()
 
+    def _ends_at(self, slot: _Slot, at: int) -> None:
+        """The server said the object (of unknown total) ends at byte ``at``: this slot
+        ends there, and nothing past it is planned."""
+        slot.range = ByteRange(slot.range.start, max(slot.range.start, at))
+        slot.trace.stop = slot.range.stop
+        self._spans = deque(r for r in self._spans if r.start < at)
+
+    def _total_appeared(self, total: int) -> None:
+        """A response of an object of unknown total carried one: from now on the size is known
+        (and checked against every response); chunks reaching past it end there."""
+        self.size = self.stats.size = total
+        self._clip_spans()
+        for s in self._order:
+            if s.range.stop is None or s.range.stop > total:
+                s.range = ByteRange(s.range.start, max(s.range.start, total))
+                s.trace.stop = s.range.stop
+
+    def _take_over_rest(self, slot: _Slot) -> None:
+        """A 200 answered a ranged request: this response carries the rest of the object, so
+        read on from it instead of downloading the object again for every chunk. Later chunks
+        that have not produced a byte are dropped and their ranges join this one, as does the
+        span still to plan right after them; later spans get one request each."""
+        self._whole_spans = True
+        if slot not in self._order or slot.range.stop is None:
+            return
+        stop = slot.range.stop
+        for s in self._order[self._order.index(slot) + 1:]:
+            if s.range.start != stop or s.pos != s.range.start or s.finished:
+                break
+            self._order.remove(s)
+            if s.task is not None:
+                s.task.cancel()  # its request (a 200 of the whole object too) dies with it
+            stop = s.range.stop
+            if stop is None:
+                break
+        else:
+            if self._spans and self._spans[0].start == stop:
+                stop = self._spans.popleft().stop
+        slot.range = ByteRange(slot.range.start, stop)
+        slot.trace.stop = stop
+
     async def _wait_size(self) -> None:
         await self._size_known.wait()  # set by _learn_size, or when the probe ends without learning it
         if self.size is None and self._order and self._order[0].error is not None:
@@ -550,7 +671,7 @@ class Stream:
             raise err
 
     def _is_head(self, slot: _Slot) -> bool:
-        return self._unordered or (bool(self._order) and self._order[0] is slot)
+        return slot is self._head
 
     def _may_read(self, slot: _Slot) -> bool:
         if self._unordered:
@@ -596,8 +717,7 @@ class Stream:
             now = loop.time()
             rate = (self._read_total - last_bytes) / max(now - last_t, 1e-6)
             last_t, last_bytes = now, self._read_total
-            self.stats.window_samples.append(self.active)
-            self.stats.timeline.append((round(now - self._t0, 2), round(rate / 1e6, 1), self._window))
+            self.stats.sample(round(now - self._t0, 2), round(rate / 1e6, 1), self._window, self.active)
             self._abandon_stalls(now, flowing=rate > 0)
             if not parallel:
                 continue
@@ -626,21 +746,27 @@ class Stream:
         self._fill_window()
 
     def _abandon_stalls(self, now: float, flowing: bool) -> None:
-        """A connection silent for much longer than a round trip while others flow is
-        stalled, not slow: re-issue its remaining range instead of waiting out the idle
-        timeout (20 s by default). The head qualifies even alone: the consumer waits on
-        it. A slot is re-issued again only after it made progress, so a server that
-        always stalls at one byte still ends in the (counted) idle timeout."""
+        """A connection silent for much longer than a round trip and than its own pacing
+        (the longest gap it has shown between pieces) while others flow is stalled, not
+        slow: re-issue its remaining range instead of waiting out the idle timeout (20 s by
+        default). The head qualifies even alone (everything behind it waits on it), but with
+        no peer to compare with, silence must also outlast ``_LONE_STALL``: a healthy server
+        sending in bursts is read on one connection. A slot is re-issued again only after it
+        made progress, so a server that always stalls at one byte still ends in the
+        (counted) idle timeout."""
         stall_after = max(0.5, 3 * (self._ttfb or 0.0))
-        waiting = [s for s in self._order if s.waiting_since is not None and s.resp is not None]
-        head = self._order[0] if self._order and not self._unordered else None
-        for s in waiting:
-            # The head qualifies alone: everything behind it waits on it, so no peer may be flowing.
-            if ((flowing or s is head) and now - s.waiting_since > stall_after and not s.reissue
-                    and s.pos != s.reissued_at):  # no progress since the last re-issue: leave it to the idle timeout
-                s.reissued_at = s.pos
-                log.info("chunk %d silent for %.1fs at byte %d while others flow: re-issuing", s.index,
-                         now - s.waiting_since, s.pos)
+        for s in self._order:
+            if s.waiting_since is None or s.resp is None or s.reissue:
+                continue
+            limit = max(stall_after, _GAPS * s.gap)
+            if not flowing:
+                if s is not self._head:
+                    continue
+                limit = max(limit, _LONE_STALL)
+            if now - s.waiting_since > limit and s.pos != s.reissued_at:
+                s.reissued_at = s.pos  # no progress since the last re-issue: leave it to the idle timeout
+                log.info("chunk %d silent for %.1fs at byte %d (longest gap so far %.2fs): re-issuing",
+                         s.index, now - s.waiting_since, s.pos, s.gap)
                 s.reissue = True
                 s.resp.close()  # the pending read fails; _fetch_chunk retries from s.pos
 
@@ -652,8 +778,8 @@ class Stream:
         the chunks behind it wait on the buffer). The slot keeps the front
         half; its request is simply read no further than the new stop.
         """
-        if self._stopping:
-            return
+        if self._stopping or self._whole_spans:
+            return  # a server ignoring Range would send the whole object again for each split
         running = [s for s in self._order if not s.finished]
         if any(s.gated_since is not None for s in running) and not self._straggler(now):
             return  # the consumer is the bottleneck: another connection cannot help
@@ -750,42 +876,47 @@ class Stream:
             self._size_known.set()
             if not self._stopping and slot.error is None:
                 self._fill_window()  # a request slot is free: do not wait for the consumer
+            self._sync_head()  # unordered: the next chunk may be the lowest unfinished now
 
     async def _fetch_chunk(self, slot: _Slot) -> None:
         counted = 0  # failures charged to this chunk (only while it is the head)
         uncounted = 0  # prefetch failures: retried, never charged
         while True:
             url, gen = self._url, self._url_gen
-            was_prefetch = not self._is_head(slot)
+            wait = slot.not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # a Retry-After holds for every attempt, prefetch or not
+            slot.began_prefetch, slot.parked = not self._is_head(slot), False
             before = slot.pos
             try:
                 await self._attempt(slot, url)
-                if slot.range.stop is None or slot.pos >= slot.range.stop:
+                if slot.range.stop is not None and slot.pos >= slot.range.stop:
                     return
-                continue  # the server sent less than asked (some CDNs cap a range): ask for the rest
+                if slot.pos == before:
+                    raise TransientError(f"no byte and no end of the object at byte {slot.pos}")
+                # The server sent less than asked (CDNs and proxies cap responses): ask for the
+                # rest. With an unknown total only the server's word ends it (see _ends_at).
+                continue
             except TransientError as e:
                 if slot.pos - before >= self._chunk_size:
                     # "Attempts per chunk": an attempt that delivered a chunk's worth before
                     # failing (one long request to a server ignoring Range) starts a fresh count.
                     counted = 0
+                slot.not_before = max(slot.not_before, time.monotonic() + self._retry.not_before(e.retry_after))
                 if slot.reissue:
                     slot.reissue = False  # abandoned by the controller as stalled: not this chunk's fault
                     self.stats.reissues += 1
                     continue
                 if e.status in (429, 503):
                     self.push_back()
-                if slot.prefetch_cut or was_prefetch and not self._is_head(slot):
-                    # A prefetch that failed or was cut by the prefetch timeout:
-                    # the chunk goes through the normal path, free of charge.
-                    slot.prefetch_cut = False
+                if self._free_failure(slot):
                     self.stats.prefetch_misses += 1
                     uncounted += 1
                     self.stats.retries += 1
-                    if was_prefetch and not self._is_head(slot):
-                        # Back off, but not past the moment the consumer needs this chunk.
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(self._retry.delay(uncounted, e.retry_after)):
-                                await self._wait_head(slot)
+                    # Back off, but not past the moment the consumer needs this chunk.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._retry.delay(uncounted)):
+                            await self._wait_head(slot)
                     continue
                 counted += 1
                 slot.trace.retries += 1
@@ -801,13 +932,23 @@ class Stream:
             except _Expired as e:
                 await self._refresh(gen, e.status, slot)
             except _NotRetried as e:
-                if was_prefetch and not self._is_head(slot):
+                if slot.began_prefetch and not self._is_head(slot):
                     # Possibly a transient oddity of a prefetch: decide once this chunk is current.
                     self.stats.prefetch_misses += 1
                     await self._wait_head(slot)
                     continue
                 raise _Terminal(HTTPStatusError(e.status, f"HTTP {e.status} (not retried)", url=url,
                                                 attempts=slot.trace.requests)) from None
+
+    def _free_failure(self, slot: _Slot) -> bool:
+        """Is this failure a prefetch's, re-issued free of charge? The attempt began as a
+        prefetch and either failed before delivering a byte as the chunk being consumed, or
+        its response was parked (headers before it became the head): a response held unread
+        is what idle timeouts of CDNs and load balancers cut. The re-issue begins as the head,
+        so a chunk gets at most one free failure once it is needed."""
+        if not slot.began_prefetch:
+            return False
+        return not self._is_head(slot) or slot.parked or slot.pos == slot.head_from
 
     async def _wait_head(self, slot: _Slot) -> None:
         while not self._is_head(slot):
@@ -845,7 +986,6 @@ class Stream:
             raise TransientError("no response headers within the request timeout") from None
         finally:
             slot.request_timeout = None
-        slot.prefetch_cut = False  # headers came in time: later failures are the chunk's own
         try:
             body_start, body_stop = self._check_response(slot, resp, want)
             slot.trace.headers = now = time.monotonic()
@@ -853,7 +993,7 @@ class Stream:
                 self._ttfb = now - sent
             else:
                 self._ttfb = 0.8 * self._ttfb + 0.2 * (now - sent)
-            slot.trace.prefetched = not self._is_head(slot)
+            slot.parked = slot.trace.prefetched = not self._is_head(slot)
             slot.resp = resp
             started_at = slot.pos
             try:
@@ -883,6 +1023,9 @@ class Stream:
             if status == 416 and not self._size_known.is_set() and want.start == 0:
                 self._learn_size(slot, 0, ranged=True)  # an empty object: nothing to read
                 return 0, 0
+            if status == 416 and self.size is None and slot.to_end:
+                self._ends_at(slot, want.start)  # unknown total: the server says it ends here
+                return want.start, want.start
             if status == 416:
                 raise _Terminal(ObjectChangedError(
                     f"HTTP 416: the server no longer has byte {want.start} ({h.get('Content-Range', '')})",
@@ -896,6 +1039,13 @@ class Stream:
             if status != 200 or clen is None or clen == 0 or (want.stop is not None and clen > len(want)):
                 raise TransientError(f"HTTP {status} with {clen} bytes for range={want.header()[6:]}")
             return want.start, want.start + clen
+        if clen == 0 and self.size is None and slot.to_end:
+            # Unknown total and an empty answer (206 or 200) at the byte reached: the object ends here.
+            if self._size_known.is_set():
+                self._ends_at(slot, want.start)
+            else:
+                self._learn_size(slot, want.start, ranged=True)
+            return want.start, want.start
         if status == 206:
             try:
                 cr = parse_content_range(h.get("Content-Range", ""))
@@ -905,18 +1055,29 @@ class Stream:
                 raise TransientError(f"Content-Range {cr.start}-{cr.stop - 1} does not match "
                                      f"the requested {want.header()}")
             if self.size is not None and cr.total is not None and cr.total != self.size:
-                raise TransientError(f"Content-Range total {cr.total} differs from the size {self.size}")
+                raise self._changed(slot, f"Content-Range total {cr.total} differs from the size {self.size}")
             if clen is not None and clen != cr.stop - cr.start:
                 raise TransientError(f"Content-Length {clen} disagrees with Content-Range")
             if not self._size_known.is_set():
                 self._learn_size(slot, cr.total, ranged=True)
+            elif self.size is None and cr.total is not None:
+                self._total_appeared(cr.total)
             return cr.start, cr.stop
         # 200: the server ignored Range and sends the whole object from byte 0.
         if self.size is not None and clen is not None and clen != self.size:
-            raise TransientError(f"full response of {clen} bytes differs from the size {self.size}")
+            raise self._changed(slot, f"full response of {clen} bytes differs from the size {self.size}")
         if not self._size_known.is_set():
             self._learn_size(slot, clen, ranged=False)
+            return 0, clen
+        if self.size is None and clen is not None:
+            self._total_appeared(clen)
+        self._take_over_rest(slot)
         return 0, clen
+
+    def _changed(self, slot: _Slot, why: str) -> _Terminal:
+        """The server reports another size: a new version of the object, not a network fault."""
+        return _Terminal(ObjectChangedError(f"{why}: the object changed on the server; refusing to mix versions",
+                                            url=self._url, attempts=slot.trace.requests))
 
     def _check_validators(self, h: Any, slot: _Slot) -> None:
         etag, lm = h.get("ETag"), h.get("Last-Modified")
@@ -940,7 +1101,7 @@ class Stream:
         pos = slot.pos
         skip = pos - body_start  # a 200 (or a resumed 200) repeats bytes already delivered
         pieces = slot.pieces
-        slot.reading_since, slot.read_from, slot.gated = time.monotonic(), pos, 0.0
+        slot.reading_since, slot.read_from, slot.gated, slot.gap = time.monotonic(), pos, 0.0, 0.0
         while True:
             stop = slot.range.stop
             end = stop if body_stop is None or (stop is not None and stop < body_stop) else body_stop
@@ -948,8 +1109,10 @@ class Stream:
                 return
             if not self._may_read(slot):
                 await self._wait_may_read(slot)
-            slot.waiting_since = time.monotonic()
+            slot.waiting_since = since = time.monotonic()
             piece = await resp.read_piece()
+            since = time.monotonic() - since
+            slot.gap = max(slot.gap, since)  # this connection's pacing: the stall test's yardstick
             slot.waiting_since = None  # blocked on the budget is not stalled
             stop = slot.range.stop
             end = stop if body_stop is None or (stop is not None and stop < body_stop) else body_stop
@@ -977,8 +1140,7 @@ class Stream:
             pieces.append(piece)
             slot.buffered += n
             self._buffered += n
-            if self._buffered > self.stats.buffered_peak:
-                self.stats.buffered_peak = self._buffered
+            self.stats.buffered_peak = max(self.stats.buffered_peak, self._buffered)
             slot.wakeup.set()
 
     async def _refresh(self, failed_gen: int, status: int, slot: _Slot) -> None:

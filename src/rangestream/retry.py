@@ -50,9 +50,14 @@ class Retry:
         base = min(self.backoff * (2 ** (n - 1)), self.cap)
         if self.jitter:
             base *= (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
-        if retry_after is not None and self.respect_retry_after:
-            base = max(base, min(max(retry_after, 0.0), self.retry_after_cap))
-        return base
+        return max(base, self.not_before(retry_after))
+
+    def not_before(self, retry_after: float | None) -> float:
+        """Seconds a server's ``Retry-After`` forbids asking again (0 if absent or not respected),
+        whatever else decides when the next request goes out (a prefetch becoming the head)."""
+        if retry_after is None or not self.respect_retry_after:
+            return 0.0
+        return min(max(retry_after, 0.0), self.retry_after_cap)
 
 
 @dataclass(frozen=True)
