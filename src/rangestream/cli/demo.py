@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .cli import EXIT_FAILURE, EXIT_OK, MB, Context, RangestreamError, _open_locked, human_bytes, ticking
-from .origin import PROFILES, object_bytes
+from . import EXIT_FAILURE, EXIT_OK, MB, Context, RangestreamError, _open_locked, human_bytes, ticking
+from ..origin import PROFILES, object_bytes
 
 OBJECT = "demo"
 BAR = 40
@@ -72,8 +72,8 @@ def expected_sha256(name: str, size: int, version: int = 0) -> str:
 
 def best_window() -> int | str:
     """``"auto"`` when the engine accepts it, else 4."""
-    from .client import Client
-    from .fetcher import Stream
+    from ..client import Client
+    from ..fetcher import Stream
 
     try:
         Stream(Client(), "http://127.0.0.1/", window="auto")
@@ -132,8 +132,8 @@ class OriginProcess:
 
 async def _download(ctx: Context, url: str, label: str, window: int | str, chunk_size: int,
                     expected: str) -> RunResult:
-    from .client import Client
-    from .retry import Retry
+    from ..client import Client
+    from ..retry import Retry
 
     display = ctx.display
     hasher = hashlib.sha256()
@@ -188,9 +188,9 @@ def _bars(title: str, rows: list[tuple[str, float, str]], scale: float, style: s
 
 
 async def _mux_demo(ctx: Context, console: Console, out: str, chunk_size: int) -> int:
-    from . import media
-    from .muxer import mux_urls
-    from .origin import Origin
+    from .. import media
+    from ..muxer import mux_urls
+    from ..origin import Origin
 
     display = ctx.display
     seconds = 10.0

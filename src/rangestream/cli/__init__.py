@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .errors import (
+from ..errors import (
     HTTPStatusError,
     InvalidURLError,
     MuxError,
@@ -54,8 +54,8 @@ from .errors import (
     TooManyRedirectsError,
     URLExpiredError,
 )
-from .plan import DEFAULT_CHUNK_SIZE, missing_ranges, parse_size, url_param
-from .redact import redact_text, redact_url
+from ..plan import DEFAULT_CHUNK_SIZE, missing_ranges, parse_size, url_param
+from ..redact import redact_text, redact_url
 
 __all__ = ["main", "EXIT_CODES"]
 
@@ -315,7 +315,7 @@ def check_cacert(path: str | None) -> str | None:
 
 
 def stream_options(args: argparse.Namespace) -> dict[str, Any]:
-    from .retry import Retry, Timeouts
+    from ..retry import Retry, Timeouts
 
     opts: dict[str, Any] = {
         "chunk_size": args.chunk_size,
@@ -338,7 +338,7 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def make_client(args: argparse.Namespace):
     """The engine's Client from the flags; configuration it refuses is a usage error (exit 2)."""
-    from .client import Client
+    from ..client import Client
 
     kw: dict[str, Any] = {"headers": dict(args.header or []), "proxy": args.proxy}
     if getattr(args, "cookies", None):
@@ -1248,7 +1248,7 @@ def _validators_mismatch(state: SidecarState, current: dict[str, Any]) -> str | 
 
 
 async def run_get(ctx: Context) -> int:
-    from .refresh import is_page_url
+    from ..refresh import is_page_url
 
     args = ctx.args
     url = check_url(args.url)
@@ -1586,7 +1586,7 @@ def _open_locked(path: str) -> Any:
 async def _mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], out: str, fmt: str) -> int:
     """Fetch the (video, audio) inputs, each ``(name, url, stream options)``, and mux them into
     ``out`` (via ``out.part``, renamed when complete) or stdout (``-``)."""
-    from .muxer import mux as mux_streams  # PyAV loads only for this subcommand
+    from ..muxer import mux as mux_streams  # PyAV loads only for this subcommand
 
     args, display, summary = ctx.args, ctx.display, ctx.summary
     part = out + ".part"
@@ -1663,8 +1663,8 @@ async def _mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]],
 async def run_get_page(ctx: Context, page_url: str) -> int:
     """``get`` of a page URL: yt-dlp picks the format(s); one is downloaded like any URL, a
     video+audio pair is muxed into one file. Expired stream URLs are re-resolved from the page."""
-    from .headers import merge_headers
-    from .refresh import Resolver, output_name
+    from ..headers import merge_headers
+    from ..refresh import Resolver, output_name
 
     args, display, summary = ctx.args, ctx.display, ctx.summary
     resolver = Resolver(args.ytdl_format, max_height=args.max_height, proxy=args.proxy,
@@ -1771,7 +1771,7 @@ def classify(e: BaseException) -> tuple[int, str, str | None]:
         if any(isinstance(c, InvalidURLError) for c in _chain(e)):
             return EXIT_USAGE, str(e), None
         return EXIT_FAILURE, str(e), None
-    from .refresh import ResolveError, ResolverUnavailable
+    from ..refresh import ResolveError, ResolverUnavailable
 
     if isinstance(e, ResolverUnavailable):
         return EXIT_FAILURE, str(e), None
@@ -1952,7 +1952,7 @@ def _output_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_Formatter,
@@ -2037,15 +2037,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "origin":
-        from .origin import main as origin_main
+        from ..origin import main as origin_main
 
         return origin_main(argv[1:])
     if argv and argv[0] == "serve":
-        from .service import main as serve_main
+        from ..service import main as serve_main
 
         return serve_main(argv[1:])
     if argv and argv[0] == "sign":
-        from .service import sign_main
+        from ..service import sign_main
 
         return sign_main(argv[1:])
     parser = build_parser()
