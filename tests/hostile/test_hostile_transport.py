@@ -190,7 +190,7 @@ def test_unusable_cacert_is_a_clear_error(tmp_path):
             rangestream.Client(cacert=path)
 
 
-async def test_cli_tls_untrusted_then_cacert_then_insecure(tls_ca, tmp_path):
+async def test_cli_tls_untrusted_then_cacert_then_insecure(tls_ca, tmp_path, monkeypatch):
     ca, ca_file = tls_ca
     log: list[str] = []
     async with serve_tls(ca, log) as url:
@@ -201,6 +201,10 @@ async def test_cli_tls_untrusted_then_cacert_then_insecure(tls_ca, tmp_path):
         for name, args in (("a", ("--cacert", str(ca_file))), ("b", ("--insecure",))):
             (tmp_path / name).mkdir()
             await check_cli(url, tmp_path / name, expected=PAYLOAD, args=args)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the hint's third way (the subprocess inherits it)
+        (tmp_path / "c").mkdir()
+        await check_cli(url, tmp_path / "c", expected=PAYLOAD)
+    assert len(log) == 3 * 2
 
 
 # -- item 12: a proxy answering 407 -----------------------------------------------------------
