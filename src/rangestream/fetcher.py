@@ -19,8 +19,18 @@ response headers early but reads its body only once it is the head: the
 seed's sliding-window prefetch.
 
 Retries: a failure counts against a chunk's ``Retry.attempts`` only when the
-chunk is the head. A prefetch that fails (or that is still waiting for headers
-``Timeouts.prefetch`` seconds after becoming the head) is simply re-issued.
+chunk is the head (in order: the first of the window; ``unordered()``: the
+lowest chunk still fetching). A request that began as a prefetch and failed
+before delivering a byte as the head, or whose response was parked unread, or
+that is still waiting for headers ``Timeouts.prefetch`` seconds after becoming
+the head, is re-issued free of charge. A ``Retry-After`` holds every later
+attempt of its chunk.
+
+Every byte exactly once, or a clear error: a response shorter than asked is
+followed by a request from the byte reached; with an unknown total only the
+server's word (416 at that byte, an empty answer, a total) ends the object; a
+different total is :class:`ObjectChangedError`; a 200 to a ranged request is
+read on for the rest of the object instead of once per chunk.
 """
 
 from __future__ import annotations
