@@ -374,8 +374,10 @@ def test_unwritable_quarantine_file_still_quarantines(tmp_path: Path) -> None:
     assert pool.record_bot_check(pool.proxies[0]) == "quarantined"
 
 
-def _quarantine_many(path: str, start: int, barrier: object) -> None:
-    urls = [f"http://user{i}:{SECRET}@10.1.{i // 250}.{i % 250}:{3000 + i}" for i in range(start, start + 150)]
+def _quarantine_many(path: str, own: int, barrier: object) -> None:
+    # The same 200 proxies in the same order (so both processes race on each entry), then 20 of its own.
+    numbers = [*range(200), *range(1000 * own, 1000 * own + 20)]
+    urls = [f"http://user{i}:{SECRET}@10.1.{i // 250}.{i % 250}:{3000 + i}" for i in numbers]
     pool = ProxyPool(urls, quarantine_after=1, quarantine_file=path)
     barrier.wait()  # type: ignore[attr-defined]
     for p in pool.proxies:
@@ -386,17 +388,17 @@ def test_two_processes_share_the_quarantine_file(tmp_path: Path) -> None:
     qfile = tmp_path / "q.txt"
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(2)
-    # Overlapping ranges: 50 proxies are quarantined by both processes at about the same time.
-    procs = [ctx.Process(target=_quarantine_many, args=(str(qfile), start, barrier)) for start in (0, 100)]
+    procs = [ctx.Process(target=_quarantine_many, args=(str(qfile), own, barrier)) for own in (1, 2)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(10)
         assert proc.exitcode == 0
     lines = qfile.read_text().splitlines()
-    expected = {f"10.1.{i // 250}.{i % 250}:{3000 + i}" for i in range(250)}
+    numbers = [*range(200), *range(1000, 1020), *range(2000, 2020)]
+    expected = {f"10.1.{i // 250}.{i % 250}:{3000 + i}" for i in numbers}
     assert all(re.fullmatch(r"10\.1\.\d+\.\d+:\d+", line) for line in lines)  # no torn or glued lines
-    assert sorted(lines) == sorted(expected)  # each once
+    assert sorted(lines) == sorted(expected)  # each exactly once
     assert SECRET not in qfile.read_text() and "user" not in qfile.read_text()
 
 
