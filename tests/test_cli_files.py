@@ -259,7 +259,7 @@ async def test_derived_names_lose_bidi_controls_and_fit_the_filesystem(tmp_path)
 
 
 def test_safe_file_name_rules():
-    from rangestream.cli import safe_file_name
+    from rangestream.output import safe_file_name
 
     assert safe_file_name("a\u202egpj.exe") == "agpj.exe"
     assert safe_file_name("\u2066x\u2069\u200f.mp4") == "x.mp4"

@@ -27,7 +27,7 @@ def test_demo_runs_to_completion(tmp_path):
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for mode in ("sequential", "seed prefetch", "auto window"):
+    for mode in ("sequential", "next-request prefetch", "auto window"):
         assert re.search(rf"{mode}\s+[\d.]+ s\s+[\d.]+ MB/s\s+sha256 ok", out), out
     assert "MISMATCH" not in out and "Traceback" not in proc.stderr
     assert "link limit" in out and "Time (shorter is better)" in out and "Throughput" in out

@@ -4,7 +4,7 @@
    to first byte, 16 MB/s per connection, a 64 MB/s link, requests over 10 MB
    throttled) as a subprocess on a free loopback port, so it has a core of its own.
 2. Downloads the same object three times: sequentially (window 1), with the
-   seed's prefetch (window 2) and with the adaptive window (``auto``), checking
+   next-request prefetch (window 2) and with the adaptive window (``auto``), checking
    each SHA-256 against the content the origin generates.
 3. Prints a table and bar charts of time and throughput, with the ratio to the
    link limit (size / link rate + one first-byte delay).
@@ -29,8 +29,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import EXIT_FAILURE, EXIT_OK, MB, Context, RangestreamError, _open_locked, human_bytes, ticking
+from ..errors import RangestreamError
 from ..origin import PROFILES, object_bytes
+from ..output import human_bytes, open_locked
+from .exits import EXIT_FAILURE, EXIT_OK
+from .runner import Context
+from .ui import MB, ticking
 
 OBJECT = "demo"
 BAR = 40
@@ -99,7 +103,7 @@ class OriginProcess:
         assert self.proc.stdout is not None
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             line = b""
         text = line.decode(errors="replace").strip()
         if not text.startswith("listening on "):
@@ -118,7 +122,7 @@ class OriginProcess:
             proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
@@ -207,7 +211,7 @@ async def _mux_demo(ctx: Context, console: Console, out: str, chunk_size: int) -
         aurl = origin.media_url("demo-audio", youtube=True)
         started = time.monotonic()
         # Opened as `mux -o` opens its out.part: never through a planted symlink, under a lock.
-        sink = _open_locked(part)
+        sink = open_locked(part)
         try:
             result = await mux_urls(vurl, aurl, sink, "mp4", chunk_size=chunk_size, window="auto")
             sink.flush()
@@ -240,7 +244,7 @@ async def run_demo(ctx: Context) -> int:
     link_rate = profile.link_rate or 64e6
     link_seconds = size / link_rate + profile.ttfb
     best = best_window()
-    modes: list[tuple[str, int | str]] = [("sequential", 1), ("seed prefetch", 2),
+    modes: list[tuple[str, int | str]] = [("sequential", 1), ("next-request prefetch", 2),
                                           ("auto window" if best == "auto" else f"window {best}", best)]
 
     console.print(Text.assemble(
@@ -260,7 +264,7 @@ async def run_demo(ctx: Context) -> int:
         for label, window in modes:
             r = await _download(ctx, url, label, window, chunk_size, expected)
             results.append(r)
-            console.print(f"  {label:<14} {r.seconds:6.2f} s  {r.mbps:6.1f} MB/s  "
+            console.print(f"  {label:<21} {r.seconds:6.2f} s  {r.mbps:6.1f} MB/s  "
                           f"sha256 {'ok' if r.sha_ok else 'MISMATCH'}")
     finally:
         if not expected_task.done():

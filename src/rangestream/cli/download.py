@@ -1,0 +1,340 @@
+"""One direct URL downloaded: into FILE (via FILE.part and its sidecar, resumable), or in order
+into stdout, a device or a FIFO (``get``; ``page`` uses it for a single-format page)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import os
+import stat
+import sys
+import time
+from typing import Any
+
+from ..errors import (
+    ObjectChangedError,
+    RangestreamError,
+)
+from ..output import (
+    LocalIOError,
+    PartFile,
+    SidecarInvalid,
+    SidecarState,
+    Spans,
+    StdoutWriter,
+    human_bytes,
+    is_stream_target,
+    local_io_error,
+    open_stream_target,
+    refuse_unsafe_part,
+    safe_file_name,
+    sha256_file,
+    url_identity,
+)
+from ..plan import missing_ranges
+from ..redact import redact_url
+from .args import make_client, stream_options
+from .exits import EXIT_OK, PROG, Interrupted, UsageError, is_broken_pipe
+from .runner import Context
+from .ui import summary_line, ticking
+
+
+async def get_url(ctx: Context, url: str, default_name: str) -> int:
+    args = ctx.args
+    if args.output == "-":
+        check_stdout(args)
+        return await _get_stdout(ctx, url)
+    out = args.output or safe_file_name(default_name)
+    if os.path.isdir(out):
+        out = os.path.join(out, safe_file_name(default_name, directory=out))
+    ctx.summary.output = out
+    if is_stream_target(out):
+        return await _get_device(ctx, url, out)
+    return await _get_file(ctx, url, out)
+
+
+async def _get_device(ctx: Context, url: str, out: str) -> int:
+    """``-o /dev/null``, ``-o FIFO``: the bytes in order into it, as to stdout (no FILE.part, no
+    sidecar next to a device, never replaced by a regular file, even with --force)."""
+    fd = await open_stream_target(out, lambda: ctx.display.note(f"{PROG}: waiting for a reader on {out}"))
+    try:
+        if os.isatty(fd) and not ctx.args.force:
+            raise UsageError(f"refusing to write binary data to the terminal {out}: --force to insist")
+        ctx.summary.extra["output_kind"] = "fifo" if stat.S_ISFIFO(os.fstat(fd).st_mode) else "device"
+        return await _get_ordered(ctx, url, fd, out)
+    finally:
+        os.close(fd)
+
+
+def check_stdout(args: argparse.Namespace) -> None:
+    if sys.stdout is None:
+        raise UsageError("stdout is closed: give -o FILE, or run with stdout open")
+    if sys.stdout.isatty() and not args.force:
+        raise UsageError("refusing to write binary data to a terminal: redirect stdout, "
+                         "or use -o FILE (--force to insist)")
+
+
+async def _get_stdout(ctx: Context, url: str) -> int:
+    sys.stdout.flush()
+    return await _get_ordered(ctx, url, sys.stdout.fileno(), "-")
+
+
+async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
+    """The object in order into ``fd`` (stdout, a device, a FIFO); ``output`` names it."""
+    args, display, summary = ctx.args, ctx.display, ctx.summary
+    summary.output = output
+    ctx.ordered_output = output
+    writer = StdoutWriter(fd)
+    label = "stdout" if output == "-" else os.path.basename(output)
+    hasher = hashlib.sha256() if args.sha256 else None
+    started = time.monotonic()
+    client = make_client(args)
+    stream = None
+    try:
+        async with client:
+            stream = client.open_stream(url, **stream_options(args))
+            async with stream:
+                summary.size = stream.size
+                display.start(label, stream.size)
+
+                def tick() -> None:
+                    display.update(stream.delivered, stream.size, active=stream.active,
+                                   retries=stream.stats.retries)
+
+                async with ticking(tick):
+                    try:
+                        try:
+                            async for data in stream:
+                                if hasher is not None:
+                                    hasher.update(data)
+                                await writer.write(data)
+                        except RangestreamError:
+                            # What arrived before the failure is the consumer's: hand it over, so
+                            # the bytes out match the error's "after N bytes".
+                            with contextlib.suppress(OSError):
+                                await writer.close()
+                            raise
+                        await writer.close()
+                    except OSError as e:
+                        if is_broken_pipe(e):
+                            raise
+                        raise local_io_error(e, "stdout" if output == "-" else output, "write to") from e
+                display.stop()
+    finally:
+        display.stop()
+        summary.seconds = time.monotonic() - started
+        if stream is not None:
+            summary.bytes = stream.delivered
+            summary.add_stats(stream)
+            if summary.size is None:
+                summary.size = stream.size
+    if hasher is not None:
+        summary.sha256 = hasher.hexdigest()
+    summary.ok = True
+    if not args.json:
+        display.note(summary_line(summary))
+    if summary.sha256:
+        display.note(f"sha256 {summary.sha256}  {output}")
+    return EXIT_OK
+
+
+async def _get_file(ctx: Context, url: str, out: str) -> int:
+    args, display, summary = ctx.args, ctx.display, ctx.summary
+    part = PartFile(out, url=url, chunk_size=args.chunk_size)
+    refuse_unsafe_part(part.path)
+    if os.path.exists(out) and not os.path.lexists(part.path) and not args.force:
+        if os.path.isdir(out):
+            raise LocalIOError(f"{out} is a directory")
+        display.note(f"{out} already exists ({human_bytes(os.path.getsize(out))}); nothing to do "
+                     f"(--force downloads it again)")
+        summary.ok, summary.output = True, out
+        summary.size = os.path.getsize(out)
+        summary.extra["skipped"] = "exists"
+        return EXIT_OK
+
+    state, why_not = (None, None) if args.force else _resume_state(part, url)
+    if args.force and os.path.lexists(part.path):
+        why_not = "--force"
+    if why_not:
+        display.warn(f"cannot resume {part.path}: {why_not}; starting over")
+        summary.restarted = why_not
+    started = time.monotonic()
+    client = make_client(args)
+    try:
+        async with client:
+            for _attempt in range(2):
+                restart = await _download_into(ctx, client, url, part, state)
+                if restart is None:
+                    break
+                display.warn(f"cannot resume {part.path}: {restart}; starting over")
+                summary.restarted = restart
+                state = None
+            else:  # pragma: no cover - _download_into restarts at most once
+                raise RangestreamError("could not start the download")
+    except BaseException as e:
+        summary.seconds = time.monotonic() - started
+        _after_failure(ctx, part, e)
+        raise
+    finally:
+        display.stop()
+        part.shutdown()
+    summary.seconds = time.monotonic() - started
+    summary.ok = True
+    if args.sha256:
+        summary.sha256 = await asyncio.to_thread(sha256_file, out)
+    if not args.json:
+        display.note(summary_line(summary))
+    if summary.sha256:
+        display.note(f"sha256 {summary.sha256}  {out}")
+    return EXIT_OK
+
+
+def _after_failure(ctx: Context, part: PartFile, e: BaseException) -> None:
+    """Save what arrived (or clean up a run that got nothing), and say how to go on."""
+    summary = ctx.summary
+    if part.fd is None:
+        return
+    done = part.spans.total()
+    if (done == 0 and summary.resumed_from == 0) or isinstance(e, ObjectChangedError):
+        # Nothing worth keeping: a resume would only find out that it has to start over.
+        part.discard()
+        return
+    try:
+        part.checkpoint_now()
+        saved = True
+    except LocalIOError as se:
+        saved = False
+        ctx.display.error(f"could not save the sidecar: {se}")
+    part.close()
+    total = f" of {human_bytes(part.size)}" if part.size is not None else ""
+    note = (f"{human_bytes(done)}{total} saved in {part.path}"
+            + ("; run the same command again to resume" if saved else ""))
+    if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, Interrupted)):
+        ctx.interrupt_note = note
+    else:
+        ctx.hint = note
+
+
+def _resume_state(part: PartFile, url: str) -> tuple[SidecarState | None, str | None]:
+    """The sidecar to resume from, or (None, why not). Only what passes validation is returned;
+    the size and validators are then checked against the server by ``_download_into``."""
+    if not os.path.lexists(part.path):
+        return None, None
+    try:
+        state = SidecarState.load(part.sidecar)
+    except SidecarInvalid as e:
+        return None, f"its sidecar {os.path.basename(part.sidecar)} is not usable: {e}"
+    if url_identity(state.url) != url_identity(redact_url(url)):
+        return None, f"its sidecar is for another URL ({redact_url(state.url)[:200]})"
+    try:
+        actual = os.lstat(part.path).st_size
+    except OSError:
+        return None, None
+    spans = Spans([tuple(x) for x in state.done])  # type: ignore[misc]
+    spans.clip(min(actual, state.size))
+    state.done = spans.as_list()
+    return state, None
+
+
+def _validators_mismatch(state: SidecarState, current: dict[str, Any]) -> str | None:
+    if state.etag and current.get("etag") and current["etag"] != state.etag:
+        return f"its ETag changed ({state.etag} -> {current['etag']})"
+    if state.last_modified and current.get("last_modified") and current["last_modified"] != state.last_modified:
+        return f"its Last-Modified changed ({state.last_modified} -> {current['last_modified']})"
+    return None
+
+
+async def _download_into(ctx: Context, client, url: str, part: PartFile,
+                         state: SidecarState | None) -> str | None:
+    """One pass. Returns None when FILE is complete, or the reason a resume must start over."""
+    args, display, summary = ctx.args, ctx.display, ctx.summary
+    opts = stream_options(args)
+    resuming = state is not None
+    if resuming:
+        assert state is not None and state.size is not None
+        part.open(fresh=False)
+        part.size, part.etag, part.last_modified = state.size, state.etag, state.last_modified
+        part.spans = Spans([tuple(x) for x in state.done])  # type: ignore[misc]
+        listed_end = max((stop for _, stop in state.done), default=0)
+        assert part.fd is not None
+        if os.fstat(part.fd).st_size < listed_end:
+            # Checked under the lock: another run may have finished (renamed FILE.part away)
+            # between our reading the sidecar and opening, leaving us a new, empty file.
+            part.close()
+            return f"{part.path} is shorter than its sidecar says"
+        if state.lmt and part.lmt and state.lmt != part.lmt:
+            part.close()
+            return f"the URL's lmt changed ({state.lmt} -> {part.lmt}): another version of the object"
+        gaps = missing_ranges(state.size, [tuple(x) for x in state.done])  # type: ignore[misc]
+        # Nothing missing still asks the server (for the last byte): its size and validators
+        # must confirm the sidecar before FILE.part becomes FILE.
+        opts["ranges"] = [(g.start, g.stop) for g in gaps] or [(state.size - 1, state.size)]
+        expect = {"etag": state.etag, "last_modified": state.last_modified}
+        if any(expect.values()):
+            opts["expect_validators"] = expect
+        else:
+            display.warn("the server gave no ETag or Last-Modified: resuming on the size alone")
+        summary.resumed_from = part.spans.total()
+        display.note(f"Resuming {part.path}: {human_bytes(summary.resumed_from)} of "
+                     f"{human_bytes(state.size)} already there, {len(gaps)} span{'s' if len(gaps) != 1 else ''} "
+                     f"missing")
+    else:
+        part.open(fresh=True)
+        summary.resumed_from = 0
+
+    stream = client.open_stream(url, **opts)
+    try:
+        try:
+            await stream.__aenter__()
+        except ObjectChangedError as e:
+            if resuming:
+                part.close()
+                return f"the object changed on the server since it was started ({e.reason})"
+            raise
+        try:
+            if resuming and stream.size != state.size:  # type: ignore[union-attr]
+                part.close()
+                return (f"the server now reports {stream.size if stream.size is not None else 'no'} bytes, "
+                        f"{part.path} was for {state.size}")  # type: ignore[union-attr]
+            part.size = summary.size = stream.size
+            if stream.size is not None:
+                part.allocate(stream.size)
+            display.start(os.path.basename(part.final), stream.size, part.spans.total())
+            first = True
+
+            def tick() -> None:
+                display.update(part.spans.total(), stream.size, active=stream.active,
+                               retries=stream.stats.retries)
+
+            async with ticking(tick):
+                try:
+                    async for offset, data in stream.unordered():
+                        if first:
+                            first = False
+                            v = stream.validators
+                            if resuming and (why := _validators_mismatch(state, v)):  # type: ignore[arg-type]
+                                part.close()
+                                return f"the object changed on the server since it was started ({why})"
+                            part.etag, part.last_modified = v.get("etag"), v.get("last_modified")
+                        part.write(offset, data)
+                        part.maybe_checkpoint()
+                except ObjectChangedError as e:
+                    if resuming and part.written == 0:
+                        part.close()
+                        return f"the object changed on the server since it was started ({e.reason})"
+                    raise
+            display.stop()
+            if stream.size is None:
+                part.size = summary.size = stream.size or part.spans.total()
+            if part.size is not None and not part.spans.covers(part.size):
+                raise RangestreamError(f"internal error: the download ended with bytes missing "
+                                       f"({part.spans.as_list()[:4]}...)")
+            part.finish()
+        finally:
+            await stream.__aexit__(None, None, None)
+    finally:
+        summary.bytes += part.written
+        summary.add_stats(stream)
+    return None

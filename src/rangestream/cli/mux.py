@@ -1,0 +1,123 @@
+"""``rangestream mux``: a video and an audio URL fetched at once and muxed into one file or stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+from ..errors import (
+    MuxError,
+    RangestreamError,
+)
+from ..output import human_bytes, is_stream_target, local_io_error, open_locked, open_stream_target, sha256_file
+from ..redact import redact_url
+from .args import check_url, make_client, stream_options
+from .download import check_stdout
+from .exits import EXIT_OK, PROG, UsageError
+from .runner import Context
+from .ui import summary_line, ticking
+
+
+async def run_mux(ctx: Context) -> int:
+    args, summary = ctx.args, ctx.summary
+    video_url, audio_url = check_url(args.video_url), check_url(args.audio_url)
+    summary.url = redact_url(video_url)
+    summary.extra["audio_url"] = redact_url(audio_url)
+    summary.window = args.window
+    out = args.output
+    if out is None:
+        raise UsageError("mux needs -o FILE (.mp4, .mkv, .webm) or -o - with --format")
+    fmt = args.format
+    if fmt is None and out != "-":
+        fmt = container_of(out)
+        if fmt is None:
+            raise UsageError(f"cannot tell the container from {out!r}: use .mp4, .mkv or .webm, or --format")
+    if out != "-" and os.path.exists(out) and not args.force and not is_stream_target(out):
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    opts = stream_options(args)
+    return await mux_into(ctx, [("video", video_url, opts), ("audio", audio_url, opts)], out, fmt or "mp4")
+
+
+_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "mkv", ".webm": "webm"}
+
+
+def container_of(path: str) -> str | None:
+    return _CONTAINERS.get(os.path.splitext(path)[1].lower())
+
+
+async def mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], out: str, fmt: str) -> int:
+    """Fetch the (video, audio) inputs, each ``(name, url, stream options)``, and mux them into
+    ``out`` (via ``out.part``, renamed when complete) or stdout (``-``)."""
+    from ..muxer import mux as mux_streams  # PyAV loads only for this subcommand
+
+    args, display, summary = ctx.args, ctx.display, ctx.summary
+    part = out + ".part"
+    part_file = None
+    if out == "-":
+        check_stdout(args)
+        sink: Any = "-"
+    elif is_stream_target(out):  # a device or FIFO: written in order, no out.part next to it
+        fd = await open_stream_target(out, lambda: display.note(f"{PROG}: waiting for a reader on {out}"))
+        sink = os.fdopen(fd, "wb")
+        ctx.ordered_output = out
+    else:
+        part_file = open_locked(part)  # a second run to the same output must not truncate ours
+        sink = part_file
+    summary.output = out
+    started = time.monotonic()
+    streams: dict[str, Any] = {}
+    client = make_client(args)
+    try:
+        async with client, contextlib.AsyncExitStack() as stack:
+            for name, url, opts in inputs:
+                try:
+                    streams[name] = await stack.enter_async_context(client.open_stream(url, **opts))
+                except RangestreamError as e:
+                    raise MuxError(f"cannot open: {e}", input=name) from e
+            v, a = streams["video"], streams["audio"]
+            total = v.size + a.size if v.size is not None and a.size is not None else None
+            display.start("mux", total)
+
+            def tick() -> None:
+                display.update(v.delivered + a.delivered, total, active=v.active + a.active,
+                               retries=v.stats.retries + a.stats.retries)
+
+            async with ticking(tick):
+                result = await mux_streams(v, a, sink, fmt)
+            display.stop()
+        if part_file is not None:
+            try:
+                part_file.flush()
+                os.replace(part, out)  # still under our lock
+            except OSError as e:
+                raise local_io_error(e, out, "rename to") from e
+    except BaseException:
+        if part_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(part)  # ours: we hold its lock
+        raise
+    finally:
+        if sink != "-":  # out.part, or the device/FIFO
+            with contextlib.suppress(OSError):
+                sink.close()
+        display.stop()
+        summary.seconds = time.monotonic() - started
+        for s in streams.values():
+            summary.bytes += s.delivered
+            summary.add_stats(s)
+    summary.ok = True
+    summary.size = result.bytes_written
+    summary.extra.update({"format": result.format, "bytes_written": result.bytes_written,
+                          "codecs": result.codecs, "duration": result.duration, "packets": result.packets})
+    if getattr(args, "sha256", False) and out != "-":
+        summary.sha256 = await asyncio.to_thread(sha256_file, out)
+    if not args.json:
+        codecs = " + ".join(result.codecs.get(k, "?") for k in ("video", "audio"))
+        dur = f", {result.duration:.1f} s of media" if result.duration else ""
+        display.note(summary_line(summary) + f" · {codecs}{dur}, {human_bytes(result.bytes_written)} written")
+    if summary.sha256:
+        display.note(f"sha256 {summary.sha256}  {out}")
+    return EXIT_OK

@@ -1,0 +1,50 @@
+"""File names derived from URLs and titles, made safe to create."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from urllib.parse import unquote, urlsplit
+
+from ..plan import url_param
+from .sidecar import SIDECAR_SUFFIX
+
+
+def default_output_name(url: str) -> str:
+    """Like wget: the last path segment; googlevideo's /videoplayback gets ``ID.EXT``."""
+    parts = urlsplit(url)
+    name = unquote(parts.path.rsplit("/", 1)[-1])
+    if name == "videoplayback":
+        ident = url_param(url, "id") or "videoplayback"
+        mime = (url_param(url, "mime") or "").lower()
+        ext = {"video/mp4": "mp4", "audio/mp4": "m4a", "video/webm": "webm", "audio/webm": "webm"}.get(mime, "bin")
+        itag = url_param(url, "itag")
+        name = f"{ident}{'.' + itag if itag else ''}.{ext}"
+    return safe_file_name(name, "download")
+
+
+def name_max(directory: str) -> int:
+    """The longest file name (bytes) the filesystem takes, less room for ``.part.json``."""
+    try:
+        limit = os.pathconf(directory or ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    return max(16, min(limit, 255) - len(SIDECAR_SUFFIX))
+
+
+def safe_file_name(name: str, fallback: str = "download", directory: str = ".") -> str:
+    """A derived file name (from a URL or a title) made safe to create: no path separators or
+    control characters, no bidi or other format controls (U+202E makes ``gpj.exe`` read as
+    ``exe.jpg``), no leading dot, and shortened to the filesystem's limit keeping the extension."""
+    name = "".join("_" if c in "/\\" or unicodedata.category(c) == "Cc" else c
+                   for c in name if unicodedata.category(c) != "Cf")
+    name = name.strip().lstrip(".").strip()
+    name = name or fallback
+    limit = name_max(directory)
+    if len(name.encode()) <= limit:
+        return name
+    stem, ext = os.path.splitext(name)
+    if len(ext.encode()) > 16:
+        stem, ext = name, ""
+    stem = stem.encode()[: limit - len(ext.encode())].decode("utf-8", errors="ignore").rstrip()
+    return (stem or fallback[:16]) + ext
