@@ -267,20 +267,40 @@ async def test_expired_url_is_refreshed_through_the_hook(origin):
     assert len(calls) == 1 and stream.stats.refreshes == 1
 
 
-async def test_expiry_mid_download_continues_from_byte_reached(origin):
-    # The origin's expire has whole seconds: it falls within 1 s; the download takes about 1.5 s.
-    origin.profile = Profile(rate=200_000)
-    size = 600 * KB
-    url = origin.url(size, "mid", youtube=True, expire=int(time.time()) + 1)
+@pytest.mark.parametrize("window", [1, 4])
+async def test_expiry_mid_body_continues_from_the_byte_reached(origin, window):
+    # The URL expires while chunk 1's body is being read: the CDN ends that body after `cut`
+    # bytes (a clean close, so every byte sent is read) and answers 403 to the old URL from
+    # then on. The hook's fresh URL must be asked for exactly the rest of chunk 1: not a
+    # byte read before the cut again, none skipped. (Window 2 parks chunk 1's body unread
+    # while chunk 0 streams, so its byte reached is the chunk's start: not this case.)
+    size, chunk = 600 * KB, 200 * KB
+    cut = chunk + 50 * KB + 123
+    old = origin.url(size, "mid", youtube=True, expire=time.time() + 3600)
+    fresh = origin.url(size, "mid", youtube=True, expire=time.time() + 7200)
+    origin.inject("expire", name="mid", start=chunk, at=cut - chunk)
+    calls = []
 
-    async def refresh(old: str) -> str:
-        return origin.url(size, "mid", youtube=True, expire=time.time() + 3600)
+    async def refresh(url: str) -> str:
+        calls.append(url)
+        return fresh
 
-    data, stream = await fetch(url, chunk_size=100 * KB, window=2, refresh=refresh)
+    data, stream = await fetch(old, chunk_size=chunk, window=window, refresh=refresh)
     assert data == origin.content("mid", size)
-    assert stream.stats.refreshes == 1
-    statuses = [r.status for r in reqs(origin, "mid")]
-    assert 403 in statuses and statuses[-1] == 206
+    assert calls == [old] and stream.stats.refreshes == 1
+    assert await origin.wait_idle()
+    sig = {old: old.split("&sig=")[1].split("&")[0], fresh: fresh.split("&sig=")[1].split("&")[0]}
+    chunk1 = [r for r in reqs(origin, "mid") if r.range and r.range.endswith(f"-{2 * chunk - 1}")]
+    expired = [r for r in chunk1 if r.outcome == "expired"]
+    assert len(expired) == 1 and expired[0].bytes_sent == cut - chunk
+    after = [r for r in chunk1 if r.start > expired[0].start]
+    # Chunk 1 asks the old URL again from the byte reached and gets the 403 that triggers the
+    # refresh, unless another chunk met the 403 first (window > 1); the fresh URL continues there.
+    seen = [("old" if r.query["sig"] == sig[old] else "fresh", r.status) for r in after]
+    assert seen == [("old", 403), ("fresh", 206)] or (window > 1 and seen == [("fresh", 206)]), seen
+    assert [r.range for r in after] == [f"bytes={cut}-{2 * chunk - 1}"] * len(after)
+    assert after[-1].bytes_sent == 2 * chunk - cut
+    assert any(r.status == 403 and r.query["sig"] == sig[old] for r in reqs(origin, "mid"))
 
 
 async def test_expired_without_hook_is_a_clear_error(origin):

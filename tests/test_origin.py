@@ -205,6 +205,25 @@ async def test_truncate(origin: Origin, session: aiohttp.ClientSession) -> None:
     assert (origin.log[-1].outcome, origin.log[-1].bytes_sent) == ("truncated", 300_000)
 
 
+async def test_expire_cuts_the_body_then_refuses_that_url(origin: Origin, session: aiohttp.ClientSession) -> None:
+    old = origin.url(SIZE, "e", youtube=True, expire=time.time() + 3600)
+    fresh = origin.url(SIZE, "e", youtube=True, expire=time.time() + 7200)
+    origin.inject("expire", name="e", at=123_456, start=1000)
+    async with session.get(old, headers={"Range": "bytes=1000-"}) as resp:
+        assert resp.status == 206
+        got = bytearray()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async for chunk in resp.content.iter_any():
+                got += chunk
+    assert bytes(got) == origin.content("e", SIZE)[1000:1000 + 123_456]  # a clean close: every byte sent arrives
+    assert (origin.log[-1].outcome, origin.log[-1].bytes_sent) == ("expired", 123_456)
+    # the old URL is refused from now on, whatever range or form it asks for; a new one works
+    for url, range_ in ((old, "bytes=124456-"), (old + "&range=0-99", None), (fresh, "bytes=124456-")):
+        status, _, body = await fetch(session, url, headers={"Range": range_} if range_ else {})
+        assert status == (206 if url == fresh else 403), url
+    assert body == origin.content("e", SIZE)[124_456:]
+
+
 async def test_stall_is_caught_by_client_read_timeout(origin: Origin) -> None:
     origin.profile = Profile(stall_seconds=20.0)
     origin.inject("stall")

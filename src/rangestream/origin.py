@@ -43,7 +43,7 @@ __all__ = ["Origin", "Profile", "PROFILES", "FAULT_KINDS", "object_bytes", "Requ
 
 FAULT_KINDS: tuple[str, ...] = ("reset", "truncate", "stall", "503", "503-retry-after", "429",
                                 "ignore-range", "bad-content-range", "403")
-_BODY_FAULTS = frozenset({"reset", "truncate", "stall"})
+_BODY_FAULTS = frozenset({"reset", "truncate", "stall", "expire"})
 _STATUS_FAULTS = {"503": 503, "503-retry-after": 503, "429": 429, "403": 403}
 # "changed" and "status" exist only as scripted/knob faults; they are not random-draw kinds by default.
 _ALL_KINDS = frozenset(FAULT_KINDS) | {"changed", "status"}
@@ -270,6 +270,7 @@ class Origin:
         self._scripted: list[_Scripted] = []
         self._pending_delay = 0.0
         self._pending_rate: float | None = None
+        self._revoked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # URLs expired by "expire"
         self._object_requests: dict[str, int] = {}
         self._auto_changed: set[str] = set()
         self._start_counts: dict[tuple[str, int], int] = {}
@@ -358,8 +359,10 @@ class Origin:
         """Script a fault for the next ``count`` matching requests. ``start`` matches the
         first byte asked for (to aim at one chunk); kind ``"delay"`` holds the response
         headers for ``delay`` seconds (a slow prefetch); kind ``"slow"`` serves the body at
-        ``rate`` bytes/s (a straggler)."""
-        if kind not in _ALL_KINDS and kind not in ("delay", "slow"):
+        ``rate`` bytes/s (a straggler); kind ``"expire"`` lets the URL expire in the middle of
+        the body: ``at`` bytes are sent, the connection is closed cleanly (every byte sent
+        reaches the client), and from then on that URL gets 403 (a refreshed URL works)."""
+        if kind not in _ALL_KINDS and kind not in ("delay", "slow", "expire"):
             raise ValueError(f"unknown fault kind {kind!r}")
         if kind == "status" and status is None:
             raise ValueError('inject("status") needs status=')
@@ -487,6 +490,8 @@ class Origin:
             await asyncio.sleep(profile.ttfb)
         name, size = self._identify(request)
         rec.name = name
+        if _url_key(request) in self._revoked:
+            raise _Reject(403, "expired")
         self._object(name, size)      # validates clen against registered data before counting
         self._maybe_auto_change(name, profile)
 
@@ -718,6 +723,10 @@ class Origin:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 transport.abort()
             return
+        elif fault == "expire":
+            # Expired while this body was in flight: the CDN ends it, and refuses the URL from now on.
+            rec.outcome = "expired"
+            self._revoked.add(_url_key(request))
         else:
             rec.outcome = "truncated"
         if transport is not None:
@@ -743,6 +752,11 @@ def _kernel_unsent(sock: Any) -> int:
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
     except OSError:
         return 0
+
+
+def _url_key(request: web.Request) -> tuple[str, tuple[tuple[str, str], ...]]:
+    # The URL's identity without googlevideo's per-request range= parameter.
+    return request.path, tuple(sorted((k, v) for k, v in request.query.items() if k != "range"))
 
 
 def _q(name: str) -> str:
