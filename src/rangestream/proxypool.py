@@ -430,9 +430,10 @@ class ProxyPool:
             pass
 
     async def _release(self, proxy: Proxy) -> None:
+        # The count drops before any await: a cancellation while waking waiters must not leak a slot.
+        proxy.in_flight -= 1
         cond = self._condition()
         async with cond:
-            proxy.in_flight -= 1
             cond.notify_all()
 
     def _condition(self) -> asyncio.Condition:
