@@ -67,7 +67,7 @@ from .plan import (
 )
 from .redact import redact_url
 from .retry import Retry, Timeouts
-from .transport import Response, Transport
+from .transports import Response, Transport
 
 if TYPE_CHECKING:
     from .client import Client
@@ -542,7 +542,7 @@ class Stream:
     def _clip_spans(self) -> None:
         size = self.size
         assert size is not None
-        clipped = deque()
+        clipped: deque[ByteRange] = deque()
         for r in self._spans:
             stop = size if r.stop is None else min(r.stop, size)
             if r.start < stop:
@@ -657,7 +657,7 @@ class Stream:
         self._whole_spans = True
         if slot not in self._order or slot.range.stop is None:
             return
-        stop = slot.range.stop
+        stop: int | None = slot.range.stop
         for s in self._order[self._order.index(slot) + 1:]:
             if s.range.start != stop or s.pos != s.range.start or s.finished:
                 break

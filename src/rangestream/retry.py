@@ -47,7 +47,7 @@ class Retry:
               rng: random.Random | None = None) -> float:
         """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
         n = max(retry_number, 1)
-        base = min(self.backoff * (2 ** (n - 1)), self.cap)
+        base: float = min(self.backoff * (2 ** (n - 1)), self.cap)
         if self.jitter:
             base *= (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
         return max(base, self.not_before(retry_after))
