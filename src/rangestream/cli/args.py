@@ -7,8 +7,8 @@ import argparse
 import asyncio
 import os
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -19,6 +19,9 @@ from ..plan import DEFAULT_CHUNK_SIZE, parse_size
 from ..redact import redact_text, redact_url
 from .exits import EXIT_CODES, PROG, UsageError
 from .ui import MB, Display
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 ENV_VARS = {
     "RANGESTREAM_PROXY": "default for --proxy",
@@ -205,7 +208,7 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def make_client(args: argparse.Namespace):
+def make_client(args: argparse.Namespace) -> Client:
     """The engine's Client from the flags; configuration it refuses is a usage error (exit 2)."""
     from ..client import Client
 
@@ -229,7 +232,7 @@ def make_client(args: argparse.Namespace):
         raise UsageError(str(e)) from None
 
 
-def refresh_hook(command: str | None, display: Display):
+def refresh_hook(command: str | None, display: Display) -> Callable[[str], Awaitable[str]] | None:
     """``--refresh-command``: a shell command printing a fresh URL (e.g. ``yt-dlp -g -f 137 ID``),
     run when the CDN says the URL expired (401/403)."""
     if not command:

@@ -11,7 +11,7 @@ import os
 import stat
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ObjectChangedError,
@@ -33,12 +33,15 @@ from ..output import (
     sha256_file,
     url_identity,
 )
-from ..plan import missing_ranges
 from ..redact import redact_url
 from .args import make_client, stream_options
 from .exits import EXIT_OK, PROG, Interrupted, UsageError, is_broken_pipe
 from .runner import Context
 from .ui import summary_line, ticking
+
+if TYPE_CHECKING:
+    from ..client import Client
+    from ..fetcher import Stream
 
 
 async def get_url(ctx: Context, url: str, default_name: str) -> int:
@@ -232,7 +235,7 @@ def _resume_state(part: PartFile, url: str) -> tuple[SidecarState | None, str | 
         actual = os.lstat(part.path).st_size
     except OSError:
         return None, None
-    spans = Spans([tuple(x) for x in state.done])  # type: ignore[misc]
+    spans = Spans.of(state.done)
     spans.clip(min(actual, state.size))
     state.done = spans.as_list()
     return state, None
@@ -246,95 +249,108 @@ def _validators_mismatch(state: SidecarState, current: dict[str, Any]) -> str | 
     return None
 
 
-async def _download_into(ctx: Context, client, url: str, part: PartFile,
+async def _download_into(ctx: Context, client: Client, url: str, part: PartFile,
                          state: SidecarState | None) -> str | None:
     """One pass. Returns None when FILE is complete, or the reason a resume must start over."""
-    args, display, summary = ctx.args, ctx.display, ctx.summary
-    opts = stream_options(args)
-    resuming = state is not None
-    if resuming:
-        assert state is not None and state.size is not None
-        part.open(fresh=False)
-        part.size, part.etag, part.last_modified = state.size, state.etag, state.last_modified
-        part.spans = Spans([tuple(x) for x in state.done])  # type: ignore[misc]
-        listed_end = max((stop for _, stop in state.done), default=0)
-        assert part.fd is not None
-        if os.fstat(part.fd).st_size < listed_end:
-            # Checked under the lock: another run may have finished (renamed FILE.part away)
-            # between our reading the sidecar and opening, leaving us a new, empty file.
-            part.close()
-            return f"{part.path} is shorter than its sidecar says"
-        if state.lmt and part.lmt and state.lmt != part.lmt:
-            part.close()
-            return f"the URL's lmt changed ({state.lmt} -> {part.lmt}): another version of the object"
-        gaps = missing_ranges(state.size, [tuple(x) for x in state.done])  # type: ignore[misc]
-        # Nothing missing still asks the server (for the last byte): its size and validators
-        # must confirm the sidecar before FILE.part becomes FILE.
-        opts["ranges"] = [(g.start, g.stop) for g in gaps] or [(state.size - 1, state.size)]
-        expect = {"etag": state.etag, "last_modified": state.last_modified}
-        if any(expect.values()):
-            opts["expect_validators"] = expect
-        else:
-            display.warn("the server gave no ETag or Last-Modified: resuming on the size alone")
-        summary.resumed_from = part.spans.total()
-        display.note(f"Resuming {part.path}: {human_bytes(summary.resumed_from)} of "
-                     f"{human_bytes(state.size)} already there, {len(gaps)} span{'s' if len(gaps) != 1 else ''} "
-                     f"missing")
+    opts = stream_options(ctx.args)
+    if state is not None:
+        why = _open_for_resume(ctx, part, state, opts)
+        if why is not None:
+            return why
     else:
         part.open(fresh=True)
-        summary.resumed_from = 0
+        ctx.summary.resumed_from = 0
 
     stream = client.open_stream(url, **opts)
     try:
         try:
             await stream.__aenter__()
         except ObjectChangedError as e:
-            if resuming:
+            if state is not None:
                 part.close()
                 return f"the object changed on the server since it was started ({e.reason})"
             raise
         try:
-            if resuming and stream.size != state.size:  # type: ignore[union-attr]
-                part.close()
-                return (f"the server now reports {stream.size if stream.size is not None else 'no'} bytes, "
-                        f"{part.path} was for {state.size}")  # type: ignore[union-attr]
-            part.size = summary.size = stream.size
-            if stream.size is not None:
-                part.allocate(stream.size)
-            display.start(os.path.basename(part.final), stream.size, part.spans.total())
-            first = True
-
-            def tick() -> None:
-                display.update(part.spans.total(), stream.size, active=stream.active,
-                               retries=stream.stats.retries)
-
-            async with ticking(tick):
-                try:
-                    async for offset, data in stream.unordered():
-                        if first:
-                            first = False
-                            v = stream.validators
-                            if resuming and (why := _validators_mismatch(state, v)):  # type: ignore[arg-type]
-                                part.close()
-                                return f"the object changed on the server since it was started ({why})"
-                            part.etag, part.last_modified = v.get("etag"), v.get("last_modified")
-                        part.write(offset, data)
-                        part.maybe_checkpoint()
-                except ObjectChangedError as e:
-                    if resuming and part.written == 0:
-                        part.close()
-                        return f"the object changed on the server since it was started ({e.reason})"
-                    raise
-            display.stop()
-            if stream.size is None:
-                part.size = summary.size = stream.size or part.spans.total()
-            if part.size is not None and not part.spans.covers(part.size):
-                raise RangestreamError(f"internal error: the download ended with bytes missing "
-                                       f"({part.spans.as_list()[:4]}...)")
-            part.finish()
+            return await _fill(ctx, stream, part, state)
         finally:
             await stream.__aexit__(None, None, None)
     finally:
-        summary.bytes += part.written
-        summary.add_stats(stream)
+        ctx.summary.bytes += part.written
+        ctx.summary.add_stats(stream)
+
+
+def _open_for_resume(ctx: Context, part: PartFile, state: SidecarState, opts: dict[str, Any]) -> str | None:
+    """FILE.part opened to continue from ``state``, and ``opts`` asking only for what is missing;
+    or the reason it cannot be continued."""
+    display = ctx.display
+    part.open(fresh=False)
+    part.size, part.etag, part.last_modified = state.size, state.etag, state.last_modified
+    part.spans = Spans.of(state.done)
+    listed_end = max((stop for _, stop in state.done), default=0)
+    assert part.fd is not None
+    if os.fstat(part.fd).st_size < listed_end:
+        # Checked under the lock: another run may have finished (renamed FILE.part away)
+        # between our reading the sidecar and opening, leaving us a new, empty file.
+        part.close()
+        return f"{part.path} is shorter than its sidecar says"
+    if state.lmt and part.lmt and state.lmt != part.lmt:
+        part.close()
+        return f"the URL's lmt changed ({state.lmt} -> {part.lmt}): another version of the object"
+    gaps = part.spans.gaps(state.size)
+    # Nothing missing still asks the server (for the last byte): its size and validators
+    # must confirm the sidecar before FILE.part becomes FILE.
+    opts["ranges"] = [(g.start, g.stop) for g in gaps] or [(state.size - 1, state.size)]
+    expect = {"etag": state.etag, "last_modified": state.last_modified}
+    if any(expect.values()):
+        opts["expect_validators"] = expect
+    else:
+        display.warn("the server gave no ETag or Last-Modified: resuming on the size alone")
+    ctx.summary.resumed_from = part.spans.total()
+    display.note(f"Resuming {part.path}: {human_bytes(ctx.summary.resumed_from)} of "
+                 f"{human_bytes(state.size)} already there, {len(gaps)} span{'s' if len(gaps) != 1 else ''} "
+                 f"missing")
+    return None
+
+
+async def _fill(ctx: Context, stream: Stream, part: PartFile, state: SidecarState | None) -> str | None:
+    """The pieces written into FILE.part as they arrive, then FILE.part renamed to FILE; or the
+    reason a resume must start over (the object is no longer the one the sidecar describes)."""
+    display, summary = ctx.display, ctx.summary
+    if state is not None and stream.size != state.size:
+        part.close()
+        return (f"the server now reports {stream.size if stream.size is not None else 'no'} bytes, "
+                f"{part.path} was for {state.size}")
+    part.size = summary.size = stream.size
+    if stream.size is not None:
+        part.allocate(stream.size)
+    display.start(os.path.basename(part.final), stream.size, part.spans.total())
+    first = True
+
+    def tick() -> None:
+        display.update(part.spans.total(), stream.size, active=stream.active, retries=stream.stats.retries)
+
+    async with ticking(tick):
+        try:
+            async for offset, data in stream.unordered():
+                if first:
+                    first = False
+                    v = stream.validators
+                    if state is not None and (why := _validators_mismatch(state, v)):
+                        part.close()
+                        return f"the object changed on the server since it was started ({why})"
+                    part.etag, part.last_modified = v.get("etag"), v.get("last_modified")
+                part.write(offset, data)
+                part.maybe_checkpoint()
+        except ObjectChangedError as e:
+            if state is not None and part.written == 0:
+                part.close()
+                return f"the object changed on the server since it was started ({e.reason})"
+            raise
+    display.stop()
+    if stream.size is None:
+        part.size = summary.size = stream.size or part.spans.total()
+    if part.size is not None and not part.spans.covers(part.size):
+        raise RangestreamError(f"internal error: the download ended with bytes missing "
+                               f"({part.spans.as_list()[:4]}...)")
+    part.finish()
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import signal
+from collections.abc import Iterator
 
 from ..errors import (
     HTTPStatusError,
@@ -82,8 +83,10 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def _chain(e: BaseException):
-    seen = set()
+def _chain(first: BaseException) -> Iterator[BaseException]:
+    """``first`` and its causes/contexts, each once."""
+    seen: set[int] = set()
+    e: BaseException | None = first
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         yield e

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import (
     MuxError,
@@ -19,6 +19,9 @@ from .download import check_stdout
 from .exits import EXIT_OK, PROG, UsageError
 from .runner import Context
 from .ui import summary_line, ticking
+
+if TYPE_CHECKING:
+    from ..muxer import MuxResult
 
 
 async def run_mux(ctx: Context) -> int:
@@ -51,43 +54,14 @@ def container_of(path: str) -> str | None:
 async def mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], out: str, fmt: str) -> int:
     """Fetch the (video, audio) inputs, each ``(name, url, stream options)``, and mux them into
     ``out`` (via ``out.part``, renamed when complete) or stdout (``-``)."""
-    from ..muxer import mux as mux_streams  # PyAV loads only for this subcommand
-
-    args, display, summary = ctx.args, ctx.display, ctx.summary
+    display, summary = ctx.display, ctx.summary
     part = out + ".part"
-    part_file = None
-    if out == "-":
-        check_stdout(args)
-        sink: Any = "-"
-    elif is_stream_target(out):  # a device or FIFO: written in order, no out.part next to it
-        fd = await open_stream_target(out, lambda: display.note(f"{PROG}: waiting for a reader on {out}"))
-        sink = os.fdopen(fd, "wb")
-        ctx.ordered_output = out
-    else:
-        part_file = open_locked(part)  # a second run to the same output must not truncate ours
-        sink = part_file
+    sink, part_file = await _open_sink(ctx, out, part)
     summary.output = out
     started = time.monotonic()
     streams: dict[str, Any] = {}
-    client = make_client(args)
     try:
-        async with client, contextlib.AsyncExitStack() as stack:
-            for name, url, opts in inputs:
-                try:
-                    streams[name] = await stack.enter_async_context(client.open_stream(url, **opts))
-                except RangestreamError as e:
-                    raise MuxError(f"cannot open: {e}", input=name) from e
-            v, a = streams["video"], streams["audio"]
-            total = v.size + a.size if v.size is not None and a.size is not None else None
-            display.start("mux", total)
-
-            def tick() -> None:
-                display.update(v.delivered + a.delivered, total, active=v.active + a.active,
-                               retries=v.stats.retries + a.stats.retries)
-
-            async with ticking(tick):
-                result = await mux_streams(v, a, sink, fmt)
-            display.stop()
+        result = await _fetch_and_mux(ctx, inputs, sink, fmt, streams)
         if part_file is not None:
             try:
                 part_file.flush()
@@ -108,6 +82,52 @@ async def mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], 
         for s in streams.values():
             summary.bytes += s.delivered
             summary.add_stats(s)
+    await _report(ctx, result, out)
+    return EXIT_OK
+
+
+async def _open_sink(ctx: Context, out: str, part: str) -> tuple[Any, BinaryIO | None]:
+    """Where the muxer writes: ``"-"`` (stdout), a device/FIFO, or ``out.part`` (also returned)."""
+    if out == "-":
+        check_stdout(ctx.args)
+        return "-", None
+    if is_stream_target(out):  # a device or FIFO: written in order, no out.part next to it
+        fd = await open_stream_target(out, lambda: ctx.display.note(f"{PROG}: waiting for a reader on {out}"))
+        ctx.ordered_output = out
+        return os.fdopen(fd, "wb"), None
+    part_file = open_locked(part)  # a second run to the same output must not truncate ours
+    return part_file, part_file
+
+
+async def _fetch_and_mux(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], sink: Any, fmt: str,
+                         streams: dict[str, Any]) -> MuxResult:
+    """Both inputs opened (recorded in ``streams``) and muxed into ``sink``, with progress."""
+    from ..muxer import mux as mux_streams  # PyAV loads only for this subcommand
+
+    display = ctx.display
+    client = make_client(ctx.args)
+    async with client, contextlib.AsyncExitStack() as stack:
+        for name, url, opts in inputs:
+            try:
+                streams[name] = await stack.enter_async_context(client.open_stream(url, **opts))
+            except RangestreamError as e:
+                raise MuxError(f"cannot open: {e}", input=name) from e
+        v, a = streams["video"], streams["audio"]
+        total = v.size + a.size if v.size is not None and a.size is not None else None
+        display.start("mux", total)
+
+        def tick() -> None:
+            display.update(v.delivered + a.delivered, total, active=v.active + a.active,
+                           retries=v.stats.retries + a.stats.retries)
+
+        async with ticking(tick):
+            result = await mux_streams(v, a, sink, fmt)
+        display.stop()
+    return result
+
+
+async def _report(ctx: Context, result: MuxResult, out: str) -> None:
+    args, display, summary = ctx.args, ctx.display, ctx.summary
     summary.ok = True
     summary.size = result.bytes_written
     summary.extra.update({"format": result.format, "bytes_written": result.bytes_written,
@@ -120,4 +140,3 @@ async def mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], 
         display.note(summary_line(summary) + f" · {codecs}{dur}, {human_bytes(result.bytes_written)} written")
     if summary.sha256:
         display.note(f"sha256 {summary.sha256}  {out}")
-    return EXIT_OK

@@ -4,7 +4,7 @@ video+audio pair is muxed."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..output import human_bytes, is_stream_target, safe_file_name
 from ..redact import redact_url
@@ -13,6 +13,9 @@ from .download import get_url
 from .exits import EXIT_OK, PROG
 from .mux import container_of, mux_into
 from .runner import Context
+
+if TYPE_CHECKING:
+    from ..refresh import StreamFormat
 
 
 async def run_get_page(ctx: Context, page_url: str) -> int:
@@ -31,7 +34,7 @@ async def run_get_page(ctx: Context, page_url: str) -> int:
     display.note(f"{PROG}: {res.title}: " + " + ".join(f.describe() for f in res.formats))
     user_headers = dict(args.header or [])
 
-    def options_for(f) -> dict[str, Any]:
+    def options_for(f: StreamFormat) -> dict[str, Any]:
         opts = stream_options(args)  # --refresh-command, if given, replaces the built-in re-resolve
         opts.setdefault("refresh", resolver.hook(page_url, f))
         headers = merge_headers(f.http_headers, user_headers)

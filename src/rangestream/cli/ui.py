@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -86,13 +86,13 @@ class Display:
     """Progress on stderr: a rich bar on a terminal, a plain line every ~2 s otherwise,
     nothing with ``--quiet``. Also where warnings and the summary are printed."""
 
-    def __init__(self, console, *, quiet: bool = False, plain_every: float = PLAIN_PROGRESS_EVERY) -> None:
+    def __init__(self, console: Any, *, quiet: bool = False, plain_every: float = PLAIN_PROGRESS_EVERY) -> None:
         self.console = console
         self.quiet = quiet
         self.mode = "quiet" if quiet else ("rich" if console.is_terminal else "plain")
         self.plain_every = plain_every
-        self._progress = None
-        self._task = None
+        self._progress: Any = None  # rich.progress.Progress on a terminal
+        self._task: Any = None
         self._label = ""
         self._last_plain = 0.0
         self._last_bytes = 0
@@ -229,7 +229,7 @@ async def _ticker(fn: Callable[[], None], every: float = 0.1) -> None:
 
 
 @contextlib.asynccontextmanager
-async def ticking(fn: Callable[[], None], every: float = 0.1):
+async def ticking(fn: Callable[[], None], every: float = 0.1) -> AsyncIterator[None]:
     task = asyncio.ensure_future(_ticker(fn, every))
     try:
         yield
@@ -263,7 +263,7 @@ class Summary:
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def add_stats(self, stream) -> None:
+    def add_stats(self, stream: Any) -> None:
         s = stream.stats
         self.requests += s.requests
         self.retries += s.retries
@@ -305,7 +305,7 @@ class Summary:
         return d
 
 
-def write_json_summary(args: argparse.Namespace, summary: Summary, console) -> None:
+def write_json_summary(args: argparse.Namespace, summary: Summary, console: Any) -> None:
     text = json.dumps(summary.as_json(), sort_keys=False)
     path = getattr(args, "json_file", None)
     if path:

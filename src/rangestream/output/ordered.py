@@ -53,7 +53,7 @@ class StdoutWriter:
     def __init__(self, fd: int = 1) -> None:
         self.fd = fd
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rangestream-stdout")
-        self._pending: asyncio.Future | None = None
+        self._pending: asyncio.Future[None] | None = None
         self._buf: list[bytes] = []
         self._buffered = 0
         self.written = 0
@@ -91,6 +91,7 @@ class StdoutWriter:
             self._pending = None
         if self._buf:
             self._submit()
+            assert self._pending is not None
             await self._pending
             self._pending = None
         self._pool.shutdown(wait=False)

@@ -99,7 +99,7 @@ class PartFile:
         self._lock = threading.Lock()
         self._saved_seq = 0
         self._seq = 0
-        self._pending: concurrent.futures.Future | None = None
+        self._pending: concurrent.futures.Future[None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rangestream-save")
         self._last_save = 0.0
 

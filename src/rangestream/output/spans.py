@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Sequence
+
+from ..plan import ByteRange, missing_ranges
 
 
 class Spans:
     """Sorted, merged, half-open ``[start, stop)`` spans of bytes known to be in FILE.part."""
 
-    def __init__(self, spans: list[tuple[int, int]] | None = None) -> None:
+    def __init__(self, spans: Iterable[tuple[int, int]] | None = None) -> None:
         self._s: list[list[int]] = merged(spans or [])
+
+    @classmethod
+    def of(cls, pairs: Iterable[Sequence[int]]) -> Spans:
+        """From ``[start, stop]`` pairs, as a sidecar lists them."""
+        return cls((a, b) for a, b in pairs)
+
+    def gaps(self, size: int) -> list[ByteRange]:
+        """The ranges of ``[0, size)`` still missing."""
+        return missing_ranges(size, [(a, b) for a, b in self._s])
 
     def add(self, a: int, b: int) -> None:
         """Record ``[a, b)``: a binary search and a local merge (pieces arrive in order per chunk,
@@ -45,7 +57,7 @@ class Spans:
         return len(self._s)
 
 
-def merged(spans) -> list[list[int]]:
+def merged(spans: Iterable[Sequence[int]]) -> list[list[int]]:
     """One sort, one pass: overlapping and touching spans joined."""
     out: list[list[int]] = []
     for a, b in sorted((a, b) for a, b in spans if b > a):
