@@ -50,7 +50,7 @@ async def _child(kind: str, window: str, url: str) -> dict:
         if kind == "aiohttp":
             client = rangestream.Client()
         else:
-            from rangestream.transport_curl import CurlTransport
+            from rangestream.transports.curl import CurlTransport
 
             client = rangestream.Client(transport=CurlTransport("chrome"))
         w: int | str = window if window == "auto" else int(window)

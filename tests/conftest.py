@@ -23,7 +23,7 @@ def use_curl_transport(monkeypatch: pytest.MonkeyPatch, impersonate: str | None 
     """Make every ``Client`` / ``open_stream`` without ``transport=`` build a CurlTransport
     (same options as the aiohttp one); skips the test when curl_cffi is not installed."""
     pytest.importorskip("curl_cffi")
-    from rangestream.transport_curl import CurlTransport
+    from rangestream.transports.curl import CurlTransport
 
     monkeypatch.setattr(rangestream.client, "AiohttpTransport",
                         lambda **options: CurlTransport(impersonate, **options))

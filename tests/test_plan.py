@@ -1,10 +1,19 @@
 """Range planning and header parsing: pure code, tested exhaustively."""
 
+from itertools import pairwise
+
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rangestream.plan import (
-    ByteRange, missing_ranges, next_chunk, parse_content_range, parse_size, plan_chunks, size_from_url,
+    ByteRange,
+    missing_ranges,
+    next_chunk,
+    parse_content_range,
+    parse_size,
+    plan_chunks,
+    size_from_url,
 )
 
 
@@ -16,7 +25,7 @@ def test_plan_chunks_tile_the_object_exactly(size, chunk, start):
         assert chunks == []
         return
     assert chunks[0].start == start and chunks[-1].stop == size
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in pairwise(chunks):
         assert a.stop == b.start  # no gap, no overlap
     assert all(len(c) == chunk for c in chunks[:-1])
     assert 0 < len(chunks[-1]) <= chunk
@@ -73,7 +82,7 @@ def test_missing_ranges_complement(size, spans):
         assert g.start < g.stop
         missing.update(range(g.start, g.stop))
     assert missing == set(range(size)) - covered
-    for a, b in zip(gaps, gaps[1:]):
+    for a, b in pairwise(gaps):
         assert a.stop < b.start  # maximal, sorted gaps
 
 
@@ -133,7 +142,7 @@ def test_auto_window_shrinks_on_push_back_and_stops_doubling():
     sizes = simulate(per_conn=1e6, link=1e9, push_back_at=(30,))
     assert sizes[30] == sizes[29] - 1
     # afterwards it only probes one connection at a time
-    assert all(b - a <= 1 for a, b in zip(sizes[30:], sizes[31:]))
+    assert all(b - a <= 1 for a, b in pairwise(sizes[30:]))
 
 
 def test_auto_window_ignores_samples_while_not_every_slot_reads():

@@ -7,6 +7,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
+from itertools import pairwise
 
 import pytest
 from aiohttp import web
@@ -50,7 +51,7 @@ async def start_pproxy(listen: str, port: int) -> asyncio.subprocess.Process:
         except OSError:
             if time.monotonic() > deadline or proc.returncode is not None:
                 proc.kill()
-                raise RuntimeError(f"pproxy did not listen on {port}")
+                raise RuntimeError(f"pproxy did not listen on {port}") from None
             await asyncio.sleep(0.05)
 
 
@@ -221,7 +222,7 @@ async def test_requests_per_second_spaces_requests_across_streams(recorder):
     assert results == [recorder.payload] * 2
     starts = sorted(t for t, _, _ in recorder.requests)
     assert len(starts) == 16
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in pairwise(starts)]
     assert min(gaps) >= 0.8 / rate, gaps
     assert starts[-1] - starts[0] >= 15 * 0.9 / rate
 

@@ -29,8 +29,8 @@ from conftest import use_curl_transport  # noqa: E402
 import rangestream  # noqa: E402
 from rangestream import Retry, Timeouts  # noqa: E402
 from rangestream.errors import InvalidURLError, RangestreamError, TransientError  # noqa: E402
-from rangestream.origin import Origin, Profile  # noqa: E402
-from rangestream.transport_curl import CurlTransport  # noqa: E402
+from rangestream.origin import Profile  # noqa: E402
+from rangestream.transports.curl import CurlTransport  # noqa: E402
 
 KB = 1024
 MB = 1_000_000
@@ -332,6 +332,6 @@ async def test_client_impersonate_builds_the_curl_transport(origin):
 
 def test_client_impersonate_without_curl_cffi_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "curl_cffi", None)  # import curl_cffi -> ImportError
-    monkeypatch.delitem(sys.modules, "rangestream.transport_curl")
+    monkeypatch.delitem(sys.modules, "rangestream.transports.curl")
     with pytest.raises(RangestreamError, match=r"pip install 'rangestream\[impersonate\]'"):
         rangestream.Client(impersonate="chrome")

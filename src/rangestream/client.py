@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .fetcher import Stream
 from .errors import RangestreamError
+from .fetcher import Stream
 from .headers import load_cookies
-from .transport import AiohttpTransport, Transport
+from .transports import AiohttpTransport, Transport
 
 
 class Client:
@@ -28,7 +28,7 @@ class Client:
     built-in transport and cannot be combined with ``transport=``.
     ``impersonate``: a browser (``"chrome"``, ``"safari"``, ``"firefox"``, a version like
     ``"chrome131"``) whose TLS and HTTP/2 fingerprint and headers the requests present:
-    the built-in transport is then :class:`~rangestream.transport_curl.CurlTransport`
+    the built-in transport is then :class:`~rangestream.transports.curl.CurlTransport`
     (curl_cffi, ``pip install 'rangestream[impersonate]'``) with the same options.
 
     ``cacert``: a PEM file of CA certificates to trust instead of the system's (curl's
@@ -94,7 +94,7 @@ class Client:
 
 def _curl_transport(impersonate: str, **options: Any) -> Transport:
     try:
-        from .transport_curl import CurlTransport  # lazy: curl_cffi is an optional extra
+        from .transports.curl import CurlTransport  # lazy: curl_cffi is an optional extra
     except ImportError:
         raise RangestreamError("impersonation needs curl_cffi: pip install 'rangestream[impersonate]'") from None
     return CurlTransport(impersonate, **options)

@@ -12,6 +12,8 @@ worth retrying; the engine only lets it escape wrapped in
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 from .redact import redact_text, redact_url
 
 __all__ = [
@@ -38,6 +40,15 @@ class RangestreamError(Exception):
 
 class InvalidURLError(RangestreamError, ValueError):
     """The URL cannot be fetched at all (bad scheme, no host, unparsable)."""
+
+
+class _Where(TypedDict, total=False):
+    """:class:`StreamError`'s keyword arguments, passed on by its subclasses."""
+
+    url: str | None
+    offset: int | None
+    attempts: int | None
+    size: int | None
 
 
 class StreamError(RangestreamError):
@@ -81,7 +92,7 @@ class StreamError(RangestreamError):
 class HTTPStatusError(StreamError):
     """The server answered with a status that retrying will not fix (404, 410, ...)."""
 
-    def __init__(self, status: int, message: str | None = None, **kw) -> None:
+    def __init__(self, status: int, message: str | None = None, **kw: Unpack[_Where]) -> None:
         self.status = status
         super().__init__(message or f"HTTP {status}", **kw)
 
@@ -113,7 +124,7 @@ class TLSError(StreamError):
 class ProxyError(StreamError):
     """The proxy refused to carry the request (HTTP 407: its credentials are missing or wrong)."""
 
-    def __init__(self, message: str, *, status: int | None = None, **kw) -> None:
+    def __init__(self, message: str, *, status: int | None = None, **kw: Unpack[_Where]) -> None:
         self.status = status
         super().__init__(message, **kw)
 

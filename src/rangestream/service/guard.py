@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from ..errors import StreamError
-from ..transport import AiohttpTransport
+from ..transports import AiohttpTransport
 
 
 class UpstreamRefused(StreamError):

@@ -1,8 +1,8 @@
-"""A :class:`~rangestream.transport.Transport` on curl_cffi: a real browser's TLS and HTTP/2 fingerprint.
+"""A :class:`~rangestream.transports.base.Transport` on curl_cffi: a real browser's TLS and HTTP/2 fingerprint.
 
 ``pip install 'rangestream[impersonate]'``, then ``Client(impersonate="chrome")`` (or
 ``Client(transport=CurlTransport(...))``). The engine drives it exactly like
-:class:`~rangestream.transport.AiohttpTransport`.
+:class:`~rangestream.transports.aiohttp.AiohttpTransport` (the contract: :mod:`.base`).
 
 Why not curl_cffi's ``AsyncSession(stream=True)``: two properties measured on it
 rule it out for a window of long Range requests:
@@ -59,17 +59,28 @@ import http.cookiejar
 import logging
 import os
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import InvalidURLError, RangestreamError, TransientError
-from .headers import _BROWSER, add_cookies, default_headers, merge_headers
-from .redact import redact_url
-from .transport import (_MAX_REDIRECTS, _REDIRECTS, HostPacer, Response, _host_key,
-                        _proxy_auth_failed, ca_context, tls_error, too_many_redirects)
+from ..errors import InvalidURLError, RangestreamError, TransientError
+from ..headers import _BROWSER, add_cookies, default_headers, merge_headers
+from ..redact import redact_url
+from .base import (
+    MAX_REDIRECTS,
+    REDIRECT_STATUSES,
+    HostPacer,
+    Response,
+    ca_context,
+    host_key,
+    next_hop,
+    proxy_auth_failed,
+    split_proxy_url,
+    tls_error,
+    too_many_redirects,
+    via_proxy,
+)
 
 try:
     from curl_cffi import AsyncCurl, Curl, CurlError
@@ -94,13 +105,27 @@ _CERT_CODES = frozenset({CurlECode.PEER_FAILED_VERIFICATION, CurlECode.SSL_PINNE
 # libcurl's detail ("SSL certificate problem: ...") inside curl_cffi's message.
 _CURL_DETAIL = re.compile(r"curl: \(\d+\) (.*?)(?:\. See https://curl\.se/\S*.*)?$", re.S)
 _PROFILE_ONLY = tuple(_BROWSER)  # the generic browser headers the impersonation replaces
+# curl_cffi leaves this one unannotated: the type we rely on.
+_latest_browser: Callable[[str], str] = resolve_latest_browser_type
 
 
 def _strerror(code: int) -> str:
     try:
-        return ffi.string(lib.curl_easy_strerror(code)).decode(errors="replace")
+        message: bytes = ffi.string(lib.curl_easy_strerror(code))
+        return message.decode(errors="replace")
     except Exception:  # pragma: no cover
         return f"curl error {code}"
+
+
+def _local_address(curl: Curl) -> str | None:
+    """``ip:port`` of the transfer's socket: it names the TCP connection (per-connection stats)."""
+    try:
+        ip, port = curl.getinfo(CurlInfo.LOCAL_IP), curl.getinfo(CurlInfo.LOCAL_PORT)
+    except CurlError:  # pragma: no cover
+        return None
+    if not (ip and isinstance(port, int) and port):  # libcurl gives the port as a long
+        return None
+    return f"{ip.decode() if isinstance(ip, bytes) else ip}:{port}"
 
 
 class _CurlResponse:
@@ -154,14 +179,8 @@ class _CurlResponse:
     def _headers_done(self) -> None:
         self.headers = CIMultiDictProxy(self._raw)
         self._got_headers = True
-        curl = self._curl
-        if curl is not None:  # the local socket address names the TCP connection (per-connection stats)
-            try:
-                ip, port = curl.getinfo(CurlInfo.LOCAL_IP), curl.getinfo(CurlInfo.LOCAL_PORT)
-                if ip and port:
-                    self.connection_id = f"{ip.decode() if isinstance(ip, bytes) else ip}:{port}"
-            except CurlError:  # pragma: no cover
-                pass
+        if self._curl is not None:
+            self.connection_id = _local_address(self._curl)
         self._ready.set_result(None)
 
     def _on_body(self, chunk: bytes) -> int:
@@ -281,7 +300,7 @@ class CurlTransport:
                  requests_per_second: float | None = None, buffer_limit: int = 2 << 20,
                  recv_buffer: int = 64 * 1024, verify: bool = True,
                  cacert: str | os.PathLike[str] | None = None, insecure: bool = False) -> None:
-        self.impersonate = resolve_latest_browser_type(impersonate) if impersonate else None
+        self.impersonate = _latest_browser(impersonate) if impersonate else None
         self._proxy = proxy or None
         self._curl_proxy = _parse_proxy(self._proxy) if self._proxy else None
         self._cookies = cookies
@@ -339,17 +358,17 @@ class CurlTransport:
                       connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response:
         headers = dict(headers)
         _check_url(url)
-        for _hop in range(_MAX_REDIRECTS + 1):
+        for _hop in range(MAX_REDIRECTS + 1):
             if self._pacer is not None:
-                await self._pacer.wait(_host_key(url))
+                await self._pacer.wait(host_key(url))
             resp = await self._request_once(method, url, self._headers(url, headers),
                                             connect_timeout=connect_timeout, idle_timeout=idle_timeout,
                                             data=data)
             if resp.status == 407 and self._proxy is not None and urlsplit(url).scheme == "http":
                 resp.close()  # a forward proxy's own answer
-                raise _proxy_auth_failed(self._proxy)
+                raise proxy_auth_failed(self._proxy)
             location = resp.headers.get("Location")
-            if resp.status not in _REDIRECTS or not location:
+            if resp.status not in REDIRECT_STATUSES or not location:
                 return resp
             resp.close()
             try:
@@ -358,13 +377,8 @@ class CurlTransport:
                 same_origin = (parts.scheme, parts.hostname, parts.port) == (old.scheme, old.hostname, old.port)
             except ValueError:
                 raise TransientError(f"HTTP {resp.status} with an unusable Location") from None
-            if parts.scheme not in ("http", "https"):
-                raise InvalidURLError(f"redirected to a non-http(s) URL: {redact_url(target)}")
-            if not same_origin:  # the caller's credentials stay with their origin
-                for name in [k for k in headers if k.lower() in ("authorization", "cookie")]:
-                    del headers[name]
-            if resp.status == 303:
-                method, data = "GET", None
+            method, data, headers = next_hop(resp.status, method, data, headers, target=target,
+                                             scheme=parts.scheme, same_origin=same_origin)
             url = target
         raise too_many_redirects(url)
 
@@ -395,13 +409,13 @@ class CurlTransport:
                 await asyncio.shield(resp._ready)
         except TimeoutError:
             resp.close()
-            raise TransientError(f"timed out waiting for the server{self._via()}") from None
+            raise TransientError(f"timed out waiting for the server{via_proxy(self._proxy)}") from None
         except BaseException:  # cancelled (the engine's request timeout, shutdown): abort now
             resp.close()
             raise
         if not resp._got_headers:
             resp.close()
-            raise resp._error or TransientError(f"no response from the server{self._via()}")
+            raise resp._error or TransientError(f"no response from the server{via_proxy(self._proxy)}")
         return resp
 
     def _configure(self, curl: Curl, resp: _CurlResponse, method: str, url: str,
@@ -455,14 +469,14 @@ class CurlTransport:
         if isinstance(exc, RangestreamError):
             return exc
         if not isinstance(exc, CurlError):  # an exception from a callback: a bug, but never hang on it
-            return TransientError(f"request failed: {type(exc).__name__}{self._via()}")
+            return TransientError(f"request failed: {type(exc).__name__}{via_proxy(self._proxy)}")
         code = exc.code
         if code in _INVALID_URL_CODES:
             return InvalidURLError(f"invalid URL {redact_url(url)}: {_strerror(code)}")
         if code in (CurlECode.PROXY, CurlECode.COULDNT_CONNECT, CurlECode.RECV_ERROR) and self._proxy and curl:
             try:
                 if curl.getinfo(CurlInfo.HTTP_CONNECTCODE) == 407:
-                    return _proxy_auth_failed(self._proxy)
+                    return proxy_auth_failed(self._proxy)
             except CurlError:  # pragma: no cover
                 pass
         reason = _strerror(code)
@@ -472,25 +486,23 @@ class CurlTransport:
         if mid_body:
             return TransientError(f"connection lost mid-body ({reason})")
         if code == CurlECode.OPERATION_TIMEDOUT:
-            return TransientError(f"timed out waiting for the server{self._via()}")
+            return TransientError(f"timed out waiting for the server{via_proxy(self._proxy)}")
         if code == CurlECode.COULDNT_CONNECT:
             try:
                 parts = urlsplit(url)
                 where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
             except ValueError:
                 where = "the server"
-            return TransientError(f"request failed: cannot connect to {where} ({reason}){self._via()}")
-        return TransientError(f"request failed: {reason}{self._via()}")
-
-    def _via(self) -> str:
-        return f" (via proxy {redact_url(self._proxy)})" if self._proxy else ""
+            return TransientError(f"request failed: cannot connect to {where} ({reason}){via_proxy(self._proxy)}")
+        return TransientError(f"request failed: {reason}{via_proxy(self._proxy)}")
 
     async def aclose(self) -> None:
         for resp in list(self._live):
             resp.close()
         acurl, self._acurl = self._acurl, None
         if acurl is not None:
-            await acurl.close()
+            close: Callable[[], Awaitable[None]] = acurl.close  # unannotated in curl_cffi
+            await close()
 
 
 def _check_url(url: str) -> None:
@@ -506,14 +518,5 @@ def _check_url(url: str) -> None:
 
 
 def _parse_proxy(proxy: str) -> str:
-    try:
-        parts = urlsplit(proxy)
-        scheme, host = parts.scheme.lower(), parts.hostname
-    except ValueError:
-        raise InvalidURLError(f"invalid proxy URL {redact_url(proxy)}") from None
-    if not host:
-        raise InvalidURLError(f"proxy URL without a host: {redact_url(proxy)}")
-    if scheme not in _PROXY_SCHEMES:
-        raise InvalidURLError(f"unsupported proxy scheme {scheme!r} (use http, https, socks5, "
-                              f"socks5h, socks4 or socks4a): {redact_url(proxy)}")
-    return _PROXY_SCHEMES[scheme] + proxy[len(parts.scheme):]
+    parts = split_proxy_url(proxy)
+    return _PROXY_SCHEMES[parts.scheme.lower()] + proxy[len(parts.scheme):]
