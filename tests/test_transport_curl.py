@@ -30,6 +30,7 @@ import rangestream  # noqa: E402
 from rangestream import Retry, Timeouts  # noqa: E402
 from rangestream.errors import InvalidURLError, RangestreamError, TransientError  # noqa: E402
 from rangestream.origin import Profile  # noqa: E402
+from rangestream.transports import AiohttpTransport  # noqa: E402
 from rangestream.transports.curl import CurlTransport  # noqa: E402
 
 KB = 1024
@@ -237,6 +238,19 @@ async def test_malformed_url_is_invalid(curl):
         await _request(curl, "http://[::1/x")
     with pytest.raises(InvalidURLError):
         await _request(curl, "gopher://example.com/x")
+
+
+@pytest.mark.parametrize("proxy, message", [
+    ("http://user:pw-secret@127.0.0.1:99999", "invalid proxy URL"),  # port out of range
+    ("ftp://user:pw-secret@127.0.0.1:21", "unsupported proxy scheme"),
+    ("http://user:pw-secret@:8080", "proxy URL without a host"),
+])
+@pytest.mark.parametrize("make", [CurlTransport, AiohttpTransport], ids=["curl", "aiohttp"])
+def test_bad_proxy_urls_are_refused_alike_by_both_transports(make, proxy, message):
+    # Up front, with the same words, never showing the password (the checks live in transports.base).
+    with pytest.raises(InvalidURLError, match=message) as info:
+        make(proxy=proxy)
+    assert "pw-secret" not in str(info.value)
 
 
 async def test_unknown_browser_is_a_clear_error():

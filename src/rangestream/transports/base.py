@@ -1,7 +1,7 @@
 """Where the engine meets an HTTP library: the :class:`Transport` and :class:`Response`
 protocols, and the rules both built-in transports share.
 
-The engine (:mod:`rangestream.fetcher`) never imports an HTTP library. It calls
+The engine (:class:`~rangestream.Stream`) never imports an HTTP library. It calls
 :meth:`Transport.request` for each attempt at a chunk, reads the body with
 :meth:`Response.read_piece`, and :meth:`Response.close`\\ s every response it got,
 whatever happens. Everything it decides (retry or not, resume where, wait how long)
