@@ -358,6 +358,9 @@ def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.Argu
     subs = {"get": _get_parser(sub), "mux": _mux_parser(sub)}
     sub.add_parser("serve", help="HTTP service: /stream?url= (a Range-capable proxy) and /mux?video=&audio= "
                                  "(rangestream serve --help for its flags)", add_help=False)
+    # Listed here for --help only: sign runs its own parser (rangestream.service.signing).
+    sub.add_parser("sign", help="print a signed link to a `serve --signing-key` service "
+                                "(rangestream sign --help for its flags)", add_help=False)
     sub.add_parser("origin", help="run the emulated CDN (rangestream origin --help for its flags)",
                    add_help=False)
     subs["demo"] = _demo_parser(sub)

@@ -3,7 +3,9 @@
 A link ``/stream?url=U&exp=1700000000&sig=S`` is valid until ``exp`` (Unix seconds)
 when ``S`` is the signature of the path, ``exp`` and all other parameters (names and
 values, in sorted order; ``sig`` and a bearer ``token`` excluded). Changing, adding
-or removing any parameter, or the path, breaks the signature.
+or removing any parameter, or the path, breaks the signature. A name given twice is
+refused (signing and verifying): the endpoints read a name's first value, and sorting
+would let the order of two values be swapped under one signature.
 
     rangestream sign URL --key KEY --base http://HOST:PORT [--expires SECONDS]
     rangestream sign --video URL --audio URL --key KEY --base http://HOST:PORT [--format mkv]
@@ -24,8 +26,12 @@ import time
 from collections.abc import Iterable
 from urllib.parse import quote, urlencode, urlsplit
 
+from ..redact import redact_url
+
 SIG, EXP = "sig", "exp"
 _UNSIGNED = ("sig", "token")  # never covered: the signature itself, and the operators' bearer token
+
+MAX_EXP_DIGITS = 12  # verify() refuses a longer exp: a link must not be valid for ever
 
 # What verify() returns.
 VALID, UNSIGNED, FORGED, EXPIRED = "valid", "unsigned", "forged", "expired"
@@ -37,6 +43,17 @@ def _canonical(path: str, pairs: Iterable[tuple[str, str]]) -> bytes:
     return f"{path}\n{body}".encode("utf-8", "surrogateescape")
 
 
+def _repeated(pairs: list[tuple[str, str]]) -> set[str]:
+    """Names given more than once (a bearer ``token`` aside: it is not signed)."""
+    seen: set[str] = set()
+    repeated = set()
+    for k, _ in pairs:
+        if k in seen and k != "token":
+            repeated.add(k)
+        seen.add(k)
+    return repeated
+
+
 def signature(key: str, path: str, pairs: Iterable[tuple[str, str]]) -> str:
     mac = hmac.new(key.encode("utf-8", "surrogateescape"), _canonical(path, pairs), hashlib.sha256)
     return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
@@ -46,6 +63,8 @@ def sign(key: str, path: str, params: Iterable[tuple[str, str]], *, expires: flo
          now: float | None = None) -> str:
     """The query string (without ``?``) of a link to ``path`` valid for ``expires`` seconds."""
     pairs = [(k, v) for k, v in params if k not in (SIG, EXP)]
+    if _repeated(pairs):
+        raise ValueError(f"a signed link gives each parameter once ({', '.join(sorted(_repeated(pairs)))} repeated)")
     pairs.append((EXP, str(int((time.time() if now is None else now) + expires))))
     pairs.append((SIG, signature(key, path, pairs)))
     return urlencode(pairs, quote_via=quote, safe="")
@@ -60,7 +79,9 @@ def verify(key: str, path: str, pairs: Iterable[tuple[str, str]], *, now: float 
     exps = [v for k, v in pairs if k == EXP]
     if not sigs and not exps:
         return UNSIGNED
-    if len(sigs) != 1 or len(exps) != 1 or not exps[0].isascii() or not exps[0].isdigit() or len(exps[0]) > 12:
+    if len(sigs) != 1 or len(exps) != 1 or not exps[0].isascii() or not exps[0].isdigit() or len(exps[0]) > MAX_EXP_DIGITS:
+        return FORGED
+    if _repeated(pairs):
         return FORGED
     if not hmac.compare_digest(sigs[0].encode("utf-8", "surrogateescape"),
                                signature(key, path, pairs).encode("ascii")):
@@ -98,9 +119,14 @@ def sign_main(argv: list[str] | None = None) -> int:
         parser.error("--key KEY (or $RANGESTREAM_SIGNING_KEY) is required")
     if args.expires < 1:
         parser.error("--expires must be >= 1")
+    if len(str(int(time.time()) + args.expires)) > MAX_EXP_DIGITS:  # int: no float overflow
+        parser.error("--expires is too far in the future: the service would refuse the link")
     base = urlsplit(args.base)
-    if base.scheme not in ("http", "https") or not base.netloc:
-        parser.error(f"--base must be http://HOST:PORT, not {args.base!r}")
+    if base.scheme not in ("http", "https") or not base.netloc or base.query or base.fragment:
+        parser.error(f"--base must be http(s)://HOST:PORT[/PREFIX] (no ?query or #fragment), not {redact_url(args.base)!r}")
+    for given in (args.url, args.video, args.audio):
+        if given is not None and urlsplit(given).scheme.lower() not in ("http", "https"):
+            parser.error(f"only http(s) URLs can be signed: {redact_url(given)!r}")
     if (args.video is None) != (args.audio is None):
         parser.error("--video and --audio go together")
     if args.video is not None:
