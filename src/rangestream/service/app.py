@@ -21,7 +21,7 @@ from .guard import GuardedTransport
 from .handlers import STARTED, mux_handler, stream_handler
 from .options import ServerOptions
 from .protocol import HANDLER_ARGS
-from .replies import Reply, json_error
+from .replies import Reply, json_error, log_safe
 from .state import STATE, State
 
 log = logging.getLogger("rangestream.service")
@@ -96,7 +96,7 @@ def log_target(request: web.Request) -> str:
             parts.append(f"{key}=REDACTED")
         else:
             parts.append(f"{key}={value[:64]}")
-    return request.path + ("?" + "&".join(parts) if parts else "")
+    return log_safe(request.path + ("?" + "&".join(parts) if parts else ""))
 
 
 @web.middleware

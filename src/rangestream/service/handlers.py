@@ -15,7 +15,7 @@ from ..plan import size_from_url, url_param
 from ..redact import redact_text, redact_url
 from .guard import find_refusal
 from .limits import WriteTimeout, WriteWatch
-from .replies import Reply, reply_for, unsatisfiable
+from .replies import Reply, log_safe, reply_for, unsatisfiable
 from .state import STATE, State
 
 STARTED: web.RequestKey[float] = web.RequestKey("rangestream_started", float)  # request key: when the middleware saw the request (monotonic)
@@ -178,7 +178,8 @@ async def _serve_once(request: web.Request, state: State, url: str, ranged: bool
             return resp  # the player left (or read nothing for too long): leaving stops the upstream
         except RangestreamError as e:
             state.metrics.errors.labels(type(e).__name__).inc()
-            log.warning("/stream %s failed after the headers: %s", redact_url(url), redact_text(str(e)))
+            log.warning("/stream %s failed after the headers: %s", log_safe(redact_url(url)),
+                        log_safe(redact_text(str(e))))
             await abort(request)
             return resp
         await resp.write_eof()
@@ -249,11 +250,19 @@ async def mux_handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={
             "Content-Type": MUX_TYPES[fmt], **MEDIA_HEADERS, "Accept-Ranges": "none"})
         resp.enable_chunked_encoding()
-        return await _run_mux(request, resp, streams, fmt, state)
+        return await run_mux(request, resp, streams, fmt, state)
 
 
-async def _run_mux(request: web.Request, resp: web.StreamResponse, streams: dict, fmt: str,
-                   state: State) -> web.StreamResponse:
+async def run_mux(request: web.Request, resp: web.StreamResponse, streams: dict, fmt: str,
+                  state: State) -> web.StreamResponse:
+    """Mux ``streams["video"]`` and ``streams["audio"]`` (async iterables of bytes) as ``fmt`` into
+    ``resp`` (not yet prepared; its headers are sent with the first output byte), shared by
+    ``/mux`` and the page's ``/watch``.
+
+    A failure before the first byte raises :class:`Reply` (403 when an input was refused by the
+    SSRF guard, else 502), so the client gets a clean JSON error; after it, the connection is
+    aborted (a cut body must not look complete). A client that leaves ends it quietly.
+    Returns ``resp``, completed with ``write_eof`` on success."""
     try:
         await mux(streams["video"], streams["audio"], Output(request, resp, state), fmt)
     except MuxError as e:
@@ -265,7 +274,7 @@ async def _run_mux(request: web.Request, resp: web.StreamResponse, streams: dict
             raise Reply(502, f"mux failed: {e}", kind="MuxError") from None
         state.metrics.errors.labels("MuxError").inc()
         if e.input is not None:
-            log.warning("/mux failed after the headers: %s", redact_text(str(e)))
+            log.warning("/mux failed after the headers: %s", log_safe(redact_text(str(e))))
         await abort(request)
         return resp
     except ConnectionResetError:

@@ -55,8 +55,8 @@ from ..refresh import (
     is_page_url,
 )
 from .guard import Guard, UpstreamRefused
-from .handlers import MEDIA_HEADERS, MUX_TYPES, Output, _run_mux, abort
-from .replies import Reply, reply_for
+from .handlers import MEDIA_HEADERS, MUX_TYPES, Output, abort, run_mux
+from .replies import Reply, log_safe, reply_for
 from .state import STATE, State
 from .watch import (
     CONTAINERS,
@@ -238,7 +238,7 @@ async def _resolution(request: web.Request, p: _Params) -> tuple[Resolution, Res
             res = await resolve(resolver, p.url)
         except ResolveError as e:
             raise Reply(_resolve_status(e), resolve_message(e)) from None
-        log.info("resolved %s", describe_for_log(res))
+        log.info("resolved %s", log_safe(describe_for_log(res)))
         page.resolutions.put(key, res)
     for f in res.formats:  # what the page points to passes the guard like any upstream URL
         parts = urlsplit(f.url)
@@ -355,7 +355,7 @@ async def _send(request: web.Request, state: State, res: Resolution, resolver: R
         resp = _CountingResponse(job, status=200, headers=headers)
         if res.needs_mux:
             resp.enable_chunked_encoding()
-            await _run_mux(request, resp, streams, ext, state)
+            await run_mux(request, resp, streams, ext, state)
         else:
             await _send_single(request, state, resp, streams["media"], job)
         return resp
@@ -384,7 +384,7 @@ async def _send_single(request: web.Request, state: State, resp: _CountingRespon
         return
     except RangestreamError as e:
         state.metrics.errors.labels(type(e).__name__).inc()
-        log.warning("/watch failed after the headers: %s", redact_text(str(e)))
+        log.warning("/watch failed after the headers: %s", log_safe(redact_text(str(e))))
         await abort(request)
         return
     await resp.write_eof()

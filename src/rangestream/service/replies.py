@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -25,6 +26,16 @@ class Reply(Exception):
 
     def response(self) -> web.Response:
         return json_error(self.status, self.message, self.headers)
+
+
+# C0/C1 controls and Unicode line/paragraph separators: in a log line they would start a forged line.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def log_safe(text: str) -> str:
+    """``text`` (a client's path, query or URL) with control characters escaped (``\\x0a``), so
+    what a client sends can never add or rewrite lines in the service's log."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:

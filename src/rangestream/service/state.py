@@ -21,10 +21,12 @@ from .metrics import Metrics
 from .options import ServerOptions
 from .replies import Reply
 
-# Endpoints that act on upstream URLs: signed links apply to these, and cross-site
-# browser requests to them are refused. /watch is the page's endpoint (service/page.py).
+# Endpoints that act on upstream URLs: signed links apply to these. /watch and /watch/info
+# are the page's endpoints (service/page.py).
 SIGNED_PATHS = frozenset({"/stream", "/mux", "/watch", "/watch/info"})
-API_PATHS = SIGNED_PATHS | {"/metrics"}
+# Cross-site browser requests to these are refused (unless signed): the above, the metrics,
+# and a fetch's progress (it names the title being fetched).
+API_PATHS = SIGNED_PATHS | {"/metrics", "/watch/progress"}
 OPEN_PATHS = frozenset({"/healthz"})  # for load balancers: never needs a token
 
 

@@ -58,7 +58,7 @@ SELECTORS = {
 }
 DEFAULT_HEIGHT = 1080
 HEIGHTS = (144, 4320)
-_JOB = re.compile(r"^[0-9a-f]{32}$")
+_JOB = re.compile(r"[0-9a-f]{32}")
 _NO_EXTRACTOR = ("No suitable extractor", "Unsupported URL")
 _EXT_TYPES = {"mp4": "video/mp4", "m4v": "video/mp4", "webm": "video/webm", "mkv": "video/x-matroska",
               "m4a": "audio/mp4", "mp3": "audio/mpeg", "ogg": "audio/ogg", "opus": "audio/ogg"}
@@ -69,7 +69,8 @@ def new_job_id() -> str:
 
 
 def valid_job_id(job: str | None) -> bool:
-    return bool(job) and _JOB.match(job) is not None  # type: ignore[arg-type]
+    # fullmatch: with match, "$" also matches before a final newline (a file name with a newline in it)
+    return isinstance(job, str) and _JOB.fullmatch(job) is not None
 
 
 # -- resolving ---------------------------------------------------------------------------------
