@@ -79,7 +79,8 @@ def verify(key: str, path: str, pairs: Iterable[tuple[str, str]], *, now: float 
     exps = [v for k, v in pairs if k == EXP]
     if not sigs and not exps:
         return UNSIGNED
-    if len(sigs) != 1 or len(exps) != 1 or not exps[0].isascii() or not exps[0].isdigit() or len(exps[0]) > MAX_EXP_DIGITS:
+    if (len(sigs) != 1 or len(exps) != 1 or not exps[0].isascii() or not exps[0].isdigit()
+            or len(exps[0]) > MAX_EXP_DIGITS):
         return FORGED
     if _repeated(pairs):
         return FORGED
@@ -123,7 +124,8 @@ def sign_main(argv: list[str] | None = None) -> int:
         parser.error("--expires is too far in the future: the service would refuse the link")
     base = urlsplit(args.base)
     if base.scheme not in ("http", "https") or not base.netloc or base.query or base.fragment:
-        parser.error(f"--base must be http(s)://HOST:PORT[/PREFIX] (no ?query or #fragment), not {redact_url(args.base)!r}")
+        parser.error("--base must be http(s)://HOST:PORT[/PREFIX] (no ?query or #fragment), "
+                     f"not {redact_url(args.base)!r}")
     for given in (args.url, args.video, args.audio):
         if given is not None and urlsplit(given).scheme.lower() not in ("http", "https"):
             parser.error(f"only http(s) URLs can be signed: {redact_url(given)!r}")
