@@ -195,7 +195,7 @@ def run_tool(tool: Tool, url: str, size: int, sha: str, timeout: float) -> Row:
 # --- rangestream's engine in a child process --------------------------------------------------
 
 def default_max_buffer(window: int | str, window_max: int | None = None) -> int:
-    """The engine's documented default (fetcher.Stream docstring): (window - 1) chunks for
+    """The engine's documented default (engine.Stream docstring): (window - 1) chunks for
     window >= 3; for auto it follows the window, so its largest value is (window_max - 1) chunks."""
     if window == "auto":
         return (max(window_max or 2, 1) - 1) * CHUNK

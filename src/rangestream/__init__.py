@@ -21,7 +21,7 @@ from .errors import (
     TransientError,
     URLExpiredError,
 )
-from .fetcher import ChunkTrace, Stats, Stream
+from .engine import ChunkTrace, Stats, Stream
 from .muxer import MuxResult, mux, mux_urls
 from .plan import DEFAULT_CHUNK_SIZE, ByteRange
 from .retry import Retry, Timeouts

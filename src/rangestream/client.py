@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from .errors import RangestreamError
-from .fetcher import Stream
+from .engine import Stream
 from .headers import load_cookies
 from .transports import AiohttpTransport, Transport
 

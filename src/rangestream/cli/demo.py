@@ -77,7 +77,7 @@ def expected_sha256(name: str, size: int, version: int = 0) -> str:
 def best_window() -> int | str:
     """``"auto"`` when the engine accepts it, else 4."""
     from ..client import Client
-    from ..fetcher import Stream
+    from ..engine import Stream
 
     try:
         Stream(Client(), "http://127.0.0.1/", window="auto")

@@ -41,7 +41,7 @@ from .ui import summary_line, ticking
 
 if TYPE_CHECKING:
     from ..client import Client
-    from ..fetcher import Stream
+    from ..engine import Stream
 
 
 async def get_url(ctx: Context, url: str, default_name: str) -> int:

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from ..errors import (
     HTTPStatusError,
     InvalidURLError,
     ObjectChangedError,
@@ -55,7 +55,7 @@ from .errors import (
     TransientError,
     URLExpiredError,
 )
-from .plan import (
+from ..plan import (
     DEFAULT_CHUNK_SIZE,
     AutoWindow,
     ByteRange,
@@ -65,12 +65,12 @@ from .plan import (
     url_param,
     with_query_param,
 )
-from .redact import redact_url
-from .retry import Retry, Timeouts
-from .transports import Response, Transport
+from ..redact import redact_url
+from ..retry import Retry, Timeouts
+from ..transports import Response, Transport
 
 if TYPE_CHECKING:
-    from .client import Client
+    from ..client import Client
 
 log = logging.getLogger("rangestream")
 
@@ -1171,8 +1171,8 @@ class Stream:
                 # The hook's text (a signed URL it tried, a command's output, a proxy URL) may hold
                 # secrets, and so may its cause chain, which a traceback (--debug) prints: show
                 # only redacted copies of both. (Local import: this method is the only user.)
-                from .errors import redacted
-                from .redact import redact_text
+                from ..errors import redacted
+                from ..redact import redact_text
                 what = redact_text(str(e) if isinstance(e, RangestreamError) else f"{type(e).__name__}: {e}")
                 raise _Terminal(URLExpiredError(status, f"URL refresh failed: {what}", url=self._url,
                                                 attempts=slot.trace.requests), cause=redacted(e)) from None
