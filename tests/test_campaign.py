@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ async def read_unordered(stream: rangestream.Stream, size: int) -> bytes:
         out[offset:offset + len(piece)] = piece
         spans.append((offset, offset + len(piece)))
     spans.sort()
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "a byte was delivered twice"
+    assert all(a[1] <= b[0] for a, b in pairwise(spans)), "a byte was delivered twice"
     assert sum(b - a for a, b in spans) == size
     return bytes(out)
 

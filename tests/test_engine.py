@@ -6,14 +6,15 @@ import asyncio
 import hashlib
 import logging
 import time
+from itertools import pairwise
 
 import pytest
 from aiohttp import web
+from servers import serve
 
 import rangestream
 from rangestream import Retry, Timeouts
 from rangestream.origin import Origin, Profile
-from servers import serve
 
 FAST_RETRY = Retry(attempts=4, backoff=0.001, cap=0.01, jitter=0)
 KB = 1024
@@ -137,10 +138,10 @@ async def test_window_1_is_sequential(origin):
     assert await origin.wait_idle()
     log = reqs(origin, "seq")
     assert len(log) == 4
-    for a, b in zip(log, log[1:]):
+    for a, b in pairwise(log):
         assert b.start >= a.first_byte  # the server saw no overlap...
     traces = stream.stats.traces
-    for a, b in zip(traces, traces[1:]):
+    for a, b in pairwise(traces):
         assert b.requested >= a.done  # ...because the next request waits for the previous body
 
 

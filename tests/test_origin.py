@@ -175,7 +175,7 @@ async def test_registered_objects(origin: Origin, session: aiohttp.ClientSession
     origin.change("clip.mp4")
     _, _, body = await fetch(session, url)
     assert body == origin.content("clip.mp4", len(data), version=1)
-    assert all(a != b for a, b in zip(body, data))
+    assert all(a != b for a, b in zip(body, data, strict=True))
 
 
 # --- faults, seen from the client ----------------------------------------------------------

@@ -27,9 +27,10 @@ import struct
 import sys
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -302,7 +303,7 @@ class Origin:
                 handler.transport.abort()
         try:
             await asyncio.wait_for(runner.cleanup(), timeout=5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def __aenter__(self) -> Origin:
