@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from itertools import pairwise
 
 import pytest
 from aiohttp import web
+from servers import serve
 
 import rangestream
 from rangestream import Retry, Timeouts
 from rangestream.origin import Profile
-from servers import serve
 
 KB = 1024
 MB = 1_000_000
@@ -34,6 +35,36 @@ async def test_ranges_honoured_but_total_unknown():
     async with serve(handler) as url:
         data, s = await read_all(url)
     assert data == PAYLOAD and s.size is None
+
+
+@pytest.mark.parametrize("lie_at", [0, 64 * KB])
+async def test_a_416_whose_own_total_includes_the_byte_is_not_the_end(lie_at):
+    # Totals are "*" (unknown), and one answer is "416, Content-Range: bytes */256000" for a
+    # byte below 256 000: the server's own total says the byte exists, so this is not the end
+    # of the object (found by the drawn hostile server: the engine finished after 0 or 65 536
+    # of 256 000 bytes without an error). Whole object, or a typed error after a prefix.
+    lied = False
+
+    async def handler(request):
+        nonlocal lied
+        a, b = request.headers["Range"].split("=")[1].split("-")
+        a, b = int(a), min(int(b) if b else len(PAYLOAD) - 1, len(PAYLOAD) - 1)
+        if a == lie_at and not lied:
+            lied = True
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(PAYLOAD)}"})
+        return web.Response(status=206, body=PAYLOAD[a:b + 1], headers={"Content-Range": f"bytes {a}-{b}/*"})
+
+    got = bytearray()
+    async with serve(handler) as url:
+        try:
+            async with asyncio.timeout(10), rangestream.open_stream(
+                    url, chunk_size=64 * KB, retry=Retry(attempts=1, backoff=0.001)) as s:
+                async for piece in s:
+                    got += piece
+        except rangestream.StreamError as e:
+            assert bytes(got) == PAYLOAD[:len(got)] and e.offset == len(got)
+            return
+    assert bytes(got) == PAYLOAD, f"finished after {len(got)} of {len(PAYLOAD)} bytes without an error"
 
 
 async def chunked_200(request):  # ignores Range, sends no length
@@ -114,7 +145,7 @@ async def test_slow_consumer_with_big_chunks_is_exact(origin, unordered):
     assert n == size
     if unordered:
         spans.sort()
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no byte delivered twice
+        assert all(a[1] <= b[0] for a, b in pairwise(spans))  # no byte delivered twice
         assert data == origin.content("slow", size)
     else:
         assert h.hexdigest() == origin.sha256("slow", size)
