@@ -53,6 +53,10 @@ def faulty_url(origin: Origin, name: str, size: int, seed: int, kinds: str = ","
                       stall_seconds=2.0, rate=SPLIT_RATE)
 
 
+def chunk_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if "_run_chunk" in repr(t.get_coro())]
+
+
 async def read_ordered(stream: rangestream.Stream) -> bytes:
     return b"".join([piece async for piece in stream])
 
@@ -119,6 +123,8 @@ async def main_track(origin: Origin, window: object, rng: random.Random, profile
             origin.inject(FAULT_KINDS[i], name=name)  # each kind at least once, besides the random ones
         async with asyncio.timeout(20), rangestream.open_stream(
                 url, chunk_size=chunk, window=window, retry=RETRY, timeouts=TIMEOUTS, refresh=refresh) as stream:
+            if i == 0:  # size > 0: its chunk tasks are running, and the leak check below must see them
+                assert chunk_tasks(), "the leak check no longer finds the engine's chunk tasks"
             data = await (read_unordered(stream, size) if unordered else read_ordered(stream))
         assert hashlib.sha256(data).hexdigest() == origin.sha256(name, size), \
             f"run {i} ({'unordered' if unordered else 'ordered'}): {stream.stats.as_dict()}"
@@ -147,7 +153,7 @@ async def test_fault_campaign(window, tmp_path):
         split_runs, split_hits = splits.result() if splits else (0, 0)
         kinds_seen = {r.fault for r in origin.log if r.fault}
         assert await origin.wait_idle(timeout=3)
-        assert [t for t in asyncio.all_tasks() if "_run_chunk" in repr(t.get_coro())] == []
+        assert chunk_tasks() == []
         # every kind of fault was actually exercised
         assert set(FAULT_KINDS) <= kinds_seen, set(FAULT_KINDS) - kinds_seen
         assert unordered_runs >= RUNS // 2
