@@ -54,7 +54,7 @@ def faulty_url(origin: Origin, name: str, size: int, seed: int, kinds: str = ","
 
 
 def chunk_tasks() -> list[asyncio.Task]:
-    return [t for t in asyncio.all_tasks() if "_run_chunk" in repr(t.get_coro())]
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("rangestream-chunk-")]
 
 
 async def read_ordered(stream: rangestream.Stream) -> bytes:

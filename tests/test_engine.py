@@ -32,7 +32,7 @@ async def fetch(url: str, **opts) -> tuple[bytes, rangestream.Stream]:
 
 
 def our_tasks() -> list[asyncio.Task]:
-    return [t for t in asyncio.all_tasks() if "_run_chunk" in repr(t.get_coro())]
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("rangestream-chunk-")]
 
 
 def reqs(origin: Origin, name: str) -> list:

@@ -7,21 +7,21 @@ Range requests, delivered strictly in order, with retries that lose nothing.
 """
 
 from .client import Client, open_stream
+from .engine import ChunkTrace, Stats, Stream
 from .errors import (
     HTTPStatusError,
     InvalidURLError,
     MuxError,
     ObjectChangedError,
+    ProxyError,
     RangestreamError,
     RetriesExhaustedError,
-    ProxyError,
     StreamError,
     TLSError,
     TooManyRedirectsError,
     TransientError,
     URLExpiredError,
 )
-from .engine import ChunkTrace, Stats, Stream
 from .muxer import MuxResult, mux, mux_urls
 from .plan import DEFAULT_CHUNK_SIZE, ByteRange
 from .retry import Retry, Timeouts

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import RangestreamError
 from .engine import Stream
+from .errors import RangestreamError
 from .headers import load_cookies
 from .transports import AiohttpTransport, Transport
 
@@ -79,7 +79,9 @@ class Client:
             if proxy not in self._by_proxy:
                 self._by_proxy[proxy] = self._build_transport(proxy)
             transport = self._by_proxy[proxy]
-        return Stream(self, url, transport=transport, **{**self._stream_defaults, **options})
+        opts = {**self._stream_defaults, **options}
+        headers = {**self.headers, **(opts.pop("headers", None) or {})}  # per-stream headers win
+        return Stream(url, transport=transport, headers=headers, **opts)
 
     async def __aenter__(self) -> Client:
         return self
@@ -110,4 +112,4 @@ def open_stream(url: str, *, headers: dict[str, str] | None = None, proxy: str |
     """
     client = Client(headers=headers, proxy=proxy, transport=transport, cookies_file=cookies_file,
                     impersonate=impersonate, cacert=cacert, insecure=insecure)
-    return Stream(client, url, owns_client=True, **options)
+    return Stream(url, transport=client._transport, headers=client.headers, owner=client, **options)

@@ -109,8 +109,15 @@ class ObjectChangedError(StreamError):
     """The object's validators (ETag, Last-Modified, ``lmt``) changed mid-download.
 
     Continuing would splice two versions of the object together, so the stream
-    stops instead.
+    stops instead. ``status`` is the HTTP status of the response that showed the
+    change and ``total`` the object size it reported, when the engine knows them.
     """
+
+    def __init__(self, message: str, *, status: int | None = None, total: int | None = None,
+                 **kw: Unpack[_Where]) -> None:
+        self.status = status
+        self.total = total
+        super().__init__(message, **kw)
 
 
 class TLSError(StreamError):

@@ -77,10 +77,9 @@ def expected_sha256(name: str, size: int, version: int = 0) -> str:
 def best_window() -> int | str:
     """``"auto"`` when the engine accepts it, else 4."""
     from ..client import Client
-    from ..engine import Stream
 
     try:
-        Stream(Client(), "http://127.0.0.1/", window="auto")
+        Client().open_stream("http://127.0.0.1/", window="auto")
     except (TypeError, ValueError):
         return 4
     return "auto"

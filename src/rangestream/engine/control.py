@@ -1,0 +1,157 @@
+"""The controller: a task that wakes every tick to abandon stalled reads and, with a parallel
+window, to start next requests early, size the auto window and split slow remainders."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..plan import AutoWindow, ByteRange
+from .chunk import Chunks
+from .slot import Slot
+from .stats import Stats
+from .window import Window
+
+log = logging.getLogger("rangestream")
+
+# The controller's sampling period: short, so the window finds the link within
+# about half a second (measured-facts.md: reconsidering per chunk is too slow).
+TICK = 0.05
+# Never split a remainder into pieces smaller than this: a new request costs a round trip.
+MIN_SPLIT = 256 << 10
+# A read is stalled once silent for this many times the longest gap its connection has shown...
+GAPS = 4
+# ...and, with no other connection flowing to compare with, for at least this many seconds.
+LONE_STALL = 2.0
+
+
+class Controller:
+    def __init__(self, window: Window, chunks: Chunks, stats: Stats, auto: AutoWindow | None) -> None:
+        self._window = window
+        self._chunks = chunks
+        self._stats = stats
+        self._auto = auto
+        # Windows 1 and 2 keep their simple shapes: sequential, and one prefetch.
+        self._parallel = auto is not None or window.size_limit > 2
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        except Exception:  # a controller bug must not take the download down with it
+            log.exception("window controller stopped; the stream continues with a fixed window")
+
+    async def _loop(self) -> None:
+        """Every tick: abandon stalled reads; with a parallel window (>= 3 or auto) also
+        start next requests early, feed the auto window and split slow remainders."""
+        w, chunks = self._window, self._chunks
+        loop = asyncio.get_running_loop()
+        last_t, last_bytes = loop.time(), chunks.read_total
+        t0 = last_t
+        while (w.order or w.spans) and not w.stopping:
+            await asyncio.sleep(TICK)
+            now = loop.time()
+            rate = (chunks.read_total - last_bytes) / max(now - last_t, 1e-6)
+            last_t, last_bytes = now, chunks.read_total
+            self._stats.sample(round(now - t0, 2), round(rate / 1e6, 1), w.size_limit, w.active)
+            self._abandon_stalls(now, flowing=rate > 0)
+            if not self._parallel:
+                continue
+            ttfb = chunks.ttfb or 0.0
+            for s in w.order:
+                r = s.rate(now)
+                if r and s.reading_since is not None and s.range.stop is not None and not s.ending:
+                    s.ending = (s.range.stop - s.pos) / r < ttfb + TICK
+            w.fill()
+            if self._auto is not None:
+                reading = sum(1 for s in w.order if s.reading_since is not None and not s.finished)
+                w.resize(self._auto.observe(now, rate, reading))
+            self._maybe_split(now)
+
+    def push_back(self) -> None:
+        """The server asked to slow down (429/503): the auto window shrinks."""
+        if self._auto is not None:
+            self._window.resize(self._auto.push_back(asyncio.get_running_loop().time()))
+
+    def _abandon_stalls(self, now: float, flowing: bool) -> None:
+        """A connection silent for much longer than a round trip and than its own pacing
+        (the longest gap it has shown between pieces) while others flow is stalled, not
+        slow: re-issue its remaining range instead of waiting out the idle timeout (20 s by
+        default). The head qualifies even alone (everything behind it waits on it), but with
+        no peer to compare with, silence must also outlast ``LONE_STALL``: a healthy server
+        sending in bursts is read on one connection. A slot is re-issued again only after it
+        made progress, so a server that always stalls at one byte still ends in the
+        (counted) idle timeout."""
+        stall_after = max(0.5, 3 * (self._chunks.ttfb or 0.0))
+        for s in self._window.order:
+            attempt = s.attempt
+            if s.waiting_since is None or attempt is None or attempt.resp is None or attempt.cut is not None:
+                continue
+            limit = max(stall_after, GAPS * s.gap)
+            if not flowing:
+                if s is not self._window.head:
+                    continue
+                limit = max(limit, LONE_STALL)
+            if now - s.waiting_since > limit and s.pos != s.stalled_at:
+                s.stalled_at = s.pos  # no progress since the last re-issue: leave it to the idle timeout
+                log.info("chunk %d silent for %.1fs at byte %d (longest gap so far %.2fs): re-issuing",
+                         s.index, now - s.waiting_since, s.pos, s.gap)
+                attempt.stall()  # the pending read fails; the chunk retries from s.pos
+
+    def _maybe_split(self, now: float) -> None:
+        """Move the back half of a slow remainder onto a new connection.
+
+        Two cases pay: the tail (nothing left to plan, a connection of the
+        window idle) and a straggler (the head far slower than its peers while
+        the chunks behind it wait on the buffer). The slot keeps the front
+        half; its request is simply read no further than the new stop.
+        """
+        w = self._window
+        if w.stopping or w.whole_spans:
+            return  # a server ignoring Range would send the whole object again for each split
+        running = [s for s in w.order if not s.finished]
+        if any(s.gated_since is not None for s in running) and not self._straggler(now):
+            return  # the consumer is the bottleneck: another connection cannot help
+        if w.spans or len(running) >= w.size_limit:
+            victim = self._straggler(now)
+        else:
+            victim = self._slowest(now, running)
+        if victim is None:
+            return
+        stop = victim.range.stop
+        if stop is None or stop - victim.pos < 2 * MIN_SPLIT:
+            return
+        mid = victim.pos + (stop - victim.pos) // 2
+        victim.cut_to(mid)
+        new = w.add_slot(ByteRange(mid, stop), w.order.index(victim) + 1)
+        # The consumer needs these bytes right after the victim's: waiting on a
+        # budget full of later chunks would undo the split.
+        new.urgent = victim is w.order[0] or victim.urgent
+        self._stats.splits += 1
+
+    def _slowest(self, now: float, running: list[Slot]) -> Slot | None:
+        """At the tail: the remainder due last, if it is worth another request."""
+        best = None
+        for s in running:
+            rate = s.rate(now)
+            if rate is None or s.range.stop is None or s.reading_since is None:
+                continue
+            eta = (s.range.stop - s.pos) / max(rate, 1.0)
+            if best is None or eta > best[0]:
+                best = (eta, s)
+        if best is None or best[0] < max(2 * TICK, 2 * (self._chunks.ttfb or 0.0)):
+            return None
+        return best[1]
+
+    def _straggler(self, now: float) -> Slot | None:
+        w = self._window
+        if not w.delivery.head_blocks or len(w.order) < 3 or not w.gate_waiters:
+            return None
+        head = w.order[0]
+        if head.finished or head.reading_since is None or head.gated_since is not None:
+            return None
+        head_rate = head.rate(now)
+        peers = [r for s in w.order[1:] if (r := s.rate(now)) is not None]
+        if head_rate is None or len(peers) < 2:
+            return None
+        peers.sort()
+        return head if head_rate * 4 < peers[len(peers) // 2] else None

@@ -1,0 +1,178 @@
+"""Pure checks of a response's status and headers, each turned into a value (a :data:`Verdict`).
+
+No sockets, no clock (``now``, for a ``Retry-After`` date, is the caller's), no stream state:
+what the stream knows comes in as :class:`Known`; what the response teaches it (a size, the
+object's end, a total) goes back out in :class:`Body` for the window to apply.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from ..plan import ByteRange, parse_content_range
+from ..retry import Retry
+
+Headers = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the stream knows when a response arrives."""
+
+    size: int | None
+    size_known: bool  # the size was learned, or is known to be unknowable (no total anywhere)
+    to_end: bool  # this chunk may reach the end of an object of unknown size
+    query: bool = False  # range_mode "query": the range is in the URL, answered by a 200
+
+
+class Learned(enum.Enum):
+    NOTHING = "nothing"
+    SIZE = "size"  # the first answer of a URL without clen: the size (None: no total)
+    SIZE_UNRANGED = "size, Range ignored"  # ...from a 200: the server ignores Range
+    END = "end"  # the object of unknown total ends at ``value``
+    TOTAL = "total"  # an object of unknown total has one after all
+
+
+@dataclass(frozen=True)
+class Body:
+    """Read on: the body spans ``[start, stop)`` of the object."""
+
+    start: int
+    stop: int | None
+    learned: Learned = Learned.NOTHING
+    value: int | None = None  # the size, end or total learned
+    take_over: bool = False  # a 200 answered a ranged request: it carries the rest of the object
+
+
+@dataclass(frozen=True)
+class Retryable:
+    message: str
+    retry_after: float | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class Expired:
+    """401/403: the URL expired (or was never allowed): refresh it."""
+
+    status: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A status retrying will not fix (404, 410, ...)."""
+
+    status: int
+
+
+@dataclass(frozen=True)
+class Changed:
+    """The server reports another version of the object: stop, never mix versions."""
+
+    message: str
+    status: int | None = None
+    total: int | None = None
+
+
+Verdict = Body | Retryable | Expired | Refused | Changed
+
+
+def check_status(status: int, headers: Headers, want: ByteRange, known: Known, retry: Retry,
+                 *, now: float) -> Verdict | None:
+    """The verdict on a status other than 200/206; None for those (read on: :func:`check_body`)."""
+    if status in (401, 403):
+        return Expired(status)
+    if status in (200, 206):
+        return None
+    if retry.is_retryable_status(status):
+        return Retryable(f"HTTP {status}", retry_after(headers.get("Retry-After"), now), status)
+    if status == 416 and not known.size_known and want.start == 0:
+        return Body(0, 0, Learned.SIZE, 0)  # an empty object: nothing to read
+    if status == 416 and known.size is None and known.to_end:
+        return Body(want.start, want.start, Learned.END, want.start)  # unknown total: it ends here
+    if status == 416:
+        return Changed(f"HTTP 416: the server no longer has byte {want.start} "
+                       f"({headers.get('Content-Range', '')})", status)
+    return Refused(status)
+
+
+def check_body(status: int, headers: Headers, want: ByteRange, known: Known) -> Body | Retryable | Changed:
+    """A 200 or 206 to a request for ``want``: where its body lies in the object, or why not to read it."""
+    length = headers.get("Content-Length")
+    clen = int(length) if length is not None and length.isdigit() else None
+    if known.query:
+        # googlevideo answers range= with a 200 carrying exactly the bytes asked for.
+        if status != 200 or clen is None or clen == 0 or (want.stop is not None and clen > len(want)):
+            return Retryable(f"HTTP {status} with {clen} bytes for range={want.header()[6:]}")
+        return Body(want.start, want.start + clen)
+    if clen == 0 and known.size is None and known.to_end:
+        # Unknown total and an empty answer (206 or 200) at the byte reached: the object ends here.
+        learned = Learned.END if known.size_known else Learned.SIZE
+        return Body(want.start, want.start, learned, want.start)
+    if status == 206:
+        return _partial(headers, want, known, clen)
+    # 200: the server ignored Range and sends the whole object from byte 0.
+    if known.size is not None and clen is not None and clen != known.size:
+        return _changed(f"full response of {clen} bytes differs from the size {known.size}", status, clen)
+    if not known.size_known:
+        return Body(0, clen, Learned.SIZE_UNRANGED, clen)
+    if known.size is None and clen is not None:
+        return Body(0, clen, Learned.TOTAL, clen, take_over=True)
+    return Body(0, clen, take_over=True)
+
+
+def _partial(headers: Headers, want: ByteRange, known: Known, clen: int | None) -> Body | Retryable | Changed:
+    try:
+        cr = parse_content_range(headers.get("Content-Range", ""))
+    except ValueError as e:
+        return Retryable(str(e))
+    if cr.start != want.start or (want.stop is not None and cr.stop > want.stop) or cr.stop <= cr.start:
+        return Retryable(f"Content-Range {cr.start}-{cr.stop - 1} does not match the requested {want.header()}")
+    if known.size is not None and cr.total is not None and cr.total != known.size:
+        return _changed(f"Content-Range total {cr.total} differs from the size {known.size}", 206, cr.total)
+    if clen is not None and clen != cr.stop - cr.start:
+        return Retryable(f"Content-Length {clen} disagrees with Content-Range")
+    if not known.size_known:
+        return Body(cr.start, cr.stop, Learned.SIZE, cr.total)
+    if known.size is None and cr.total is not None:
+        return Body(cr.start, cr.stop, Learned.TOTAL, cr.total)
+    return Body(cr.start, cr.stop)
+
+
+def _changed(why: str, status: int, total: int | None) -> Changed:
+    """The server reports another size: a new version of the object, not a network fault."""
+    return Changed(f"{why}: the object changed on the server; refusing to mix versions", status, total)
+
+
+def check_validators(etag: str | None, last_modified: str | None,
+                     seen_etag: str | None, seen_last_modified: str | None) -> str | None:
+    """Why the validators a response shows are another version's than those known; None if not."""
+    if (etag and seen_etag and seen_etag != etag) or (
+            last_modified and seen_last_modified
+            and _http_date(seen_last_modified) != _http_date(last_modified)):
+        return (f"object changed mid-download (ETag {etag} -> {seen_etag}, Last-Modified "
+                f"{last_modified} -> {seen_last_modified}); refusing to mix versions")
+    return None
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` (delta seconds or an HTTP date) asks to wait; ``now`` is ``time.time()``."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+def _http_date(value: str) -> object:
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return value

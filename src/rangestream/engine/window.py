@@ -1,0 +1,305 @@
+"""The window: which chunks are in flight, what is left to plan, the object's size as learned,
+and the read-ahead budget. Chunks are cut from the front of what is left (``plan``), enter
+the window while fewer than ``size`` requests run, and leave it once delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..plan import ByteRange, next_chunk
+from .delivery import InOrder, Unordered
+from .response import Body, Learned
+from .slot import Slot
+from .stats import Stats
+
+
+class Window:
+    def __init__(self, spans: deque[ByteRange], *, size: int | None, chunk_size: int, window: int,
+                 max_buffer: int, auto_budget: bool, prefetch_timeout: float, stats: Stats,
+                 delivery: InOrder | Unordered) -> None:
+        self.spans = spans  # what is left to plan, in object order
+        self.size = size
+        self.size_known = asyncio.Event()
+        if size is not None:
+            self.size_known.set()
+            self.clip_spans()
+        self.chunk_size = chunk_size
+        self.size_limit = window  # requests in flight (the auto controller moves it)
+        self.max_buffer = max_buffer
+        self.auto_budget = auto_budget  # max_buffer follows the window
+        self.prefetch_timeout = prefetch_timeout
+        self.stats = stats
+        self.delivery = delivery
+        self.start: Callable[[Slot], asyncio.Task[None]] | None = None  # runs a chunk (set on entering)
+        self.whole_spans = False  # the server ignores Range: one request per span
+        self.probe_open = False
+        self.order: list[Slot] = []  # the window, in object order
+        self.head: Slot | None = None  # the chunk the consumer waits on (see sync_head)
+        self.next_index = 0
+        self.buffered = 0
+        self.delivered = 0
+        self.progress = asyncio.Event()  # set (and replaced) whenever the budget or the head moves
+        self.gate_waiters = 0
+        self.stopping = False
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.order if not s.finished)
+
+    # -- planning -----------------------------------------------------------
+
+    def clip_spans(self) -> None:
+        size = self.size
+        assert size is not None
+        clipped: deque[ByteRange] = deque()
+        for r in self.spans:
+            stop = size if r.stop is None else min(r.stop, size)
+            if r.start < stop:
+                clipped.append(ByteRange(r.start, stop))
+        self.spans = clipped
+
+    def plan_next(self) -> ByteRange | None:
+        if not self.spans:
+            return None
+        span = self.spans[0]
+        if span.stop is None or self.whole_spans:
+            self.spans.popleft()
+            if span.stop is None and not self.size_known.is_set():
+                # Unknown size: probe with one chunk; learn_size re-plans the rest.
+                self.probe_open = True
+                return ByteRange(span.start, span.start + self.chunk_size)
+            return span
+        chunk = next_chunk(span.start, span.stop, self.chunk_size)  # the pure, tested planner
+        assert chunk is not None and chunk.stop is not None  # spans are never empty
+        if chunk.stop >= span.stop:
+            self.spans.popleft()
+        else:
+            self.spans[0] = ByteRange(chunk.stop, span.stop)
+        return chunk
+
+    def fill(self) -> None:
+        """Start chunks while fewer than ``size_limit`` requests are running.
+
+        A slot that finished reading (its bytes wait for the consumer) or is
+        about to (``ending``: due within one first-byte delay) no longer counts,
+        so the next request's round trip overlaps the end of the previous body.
+        Slots waiting for the consumer are bounded by the read-ahead budget.
+        """
+        most = self.size_limit + self.max_buffer // self.chunk_size + 1
+        while not self.stopping and len(self.order) < most:
+            if sum(1 for s in self.order if not s.finished and not s.ending) >= self.size_limit:
+                break
+            if not self.size_known.is_set() and self.next_index > 0:
+                break  # size still unknown: only the probe may run
+            probe = not self.size_known.is_set()
+            rng = self.plan_next()
+            if rng is None:
+                break
+            slot = self.add_slot(rng, len(self.order))
+            slot.to_end = slot.to_end or (probe and self.probe_open)  # the probe was cut from an open span
+        self.sync_head()
+        self.stats.window_max = max(self.stats.window_max, self.size_limit)
+        self.stats.connections_max = max(self.stats.connections_max, self.active)
+
+    def add_slot(self, rng: ByteRange, position: int) -> Slot:
+        assert self.start is not None
+        slot = Slot(self.next_index, rng, self.delivery.wakeup())
+        self.next_index += 1
+        self.order.insert(position, slot)
+        self.stats.traces.append(slot.trace)
+        self.stats.chunks += 1
+        slot.task = self.start(slot)
+        return slot
+
+    def resize(self, size: int) -> None:
+        """The auto controller chose another window."""
+        if size == self.size_limit:
+            return
+        self.size_limit = size
+        if self.auto_budget:
+            self.max_buffer = (size - 1) * self.chunk_size
+            self.notify()  # readers waiting on the budget may proceed
+        self.fill()
+
+    # -- what responses teach ---------------------------------------------------
+
+    def learn(self, slot: Slot, body: Body) -> None:
+        """Apply what a response's headers said about the object (see ``response.check_body``)."""
+        if body.learned is Learned.SIZE or body.learned is Learned.SIZE_UNRANGED:
+            self.learn_size(slot, body.value, ranged=body.learned is Learned.SIZE)
+        elif body.learned is Learned.END:
+            assert body.value is not None
+            self.ends_at(slot, body.value)
+        elif body.learned is Learned.TOTAL:
+            assert body.value is not None
+            self.total_appeared(body.value)
+        if body.take_over:
+            self.take_over_rest(slot)
+
+    def learn_size(self, slot: Slot, size: int | None, ranged: bool) -> None:
+        """The probe's first response arrived on a URL without ``clen``."""
+        if self.size_known.is_set():
+            return
+        self.size = self.stats.size = size
+        start, stop = slot.range.start, slot.range.stop
+        assert stop is not None  # the probe is one chunk
+        if size is None:
+            # No total: a server honouring Range gets the rest as one open-ended request;
+            # one ignoring it sends everything in this response. Bounded spans (ranges=)
+            # stay bounded: one request each.
+            if self.probe_open and ranged:
+                self.spans.appendleft(ByteRange(stop, None))
+            elif self.probe_open:
+                slot.range = ByteRange(start, None)  # read to EOF
+                self.spans.clear()
+            self.whole_spans = True
+        else:
+            if self.probe_open:
+                # The probe was cut from an open-ended span: give back what follows it.
+                stop = size if not ranged else min(stop, size)
+                if stop < size:
+                    self.spans.appendleft(ByteRange(stop, size))
+            slot.range = ByteRange(start, max(start, min(stop, size)))
+            self.whole_spans = not ranged  # a server ignoring Range: one request per span
+            self.clip_spans()
+        slot.trace.stop = slot.range.stop
+        self.size_known.set()
+        self.fill()
+
+    def ends_at(self, slot: Slot, at: int) -> None:
+        """The server said the object (of unknown total) ends at byte ``at``: this slot
+        ends there, and nothing past it is planned."""
+        slot.cut_to(max(slot.range.start, at))
+        self.spans = deque(r for r in self.spans if r.start < at)
+
+    def total_appeared(self, total: int) -> None:
+        """A response of an object of unknown total carried one: from now on the size is known
+        (and checked against every response); chunks reaching past it end there."""
+        self.size = self.stats.size = total
+        self.clip_spans()
+        for s in self.order:
+            if s.range.stop is None or s.range.stop > total:
+                s.cut_to(max(s.range.start, total))
+
+    def take_over_rest(self, slot: Slot) -> None:
+        """A 200 answered a ranged request: this response carries the rest of the object, so
+        read on from it instead of downloading the object again for every chunk. Later chunks
+        that have not produced a byte are dropped and their ranges join this one, as does the
+        span still to plan right after them; later spans get one request each."""
+        self.whole_spans = True
+        if slot not in self.order or slot.range.stop is None:
+            return
+        stop: int | None = slot.range.stop
+        for s in self.order[self.order.index(slot) + 1:]:
+            if s.range.start != stop or s.pos != s.range.start or s.finished:
+                break
+            self.order.remove(s)
+            if s.task is not None:
+                s.task.cancel()  # its request (a 200 of the whole object too) dies with it
+            stop = s.range.stop
+            if stop is None:
+                break
+        else:
+            if self.spans and self.spans[0].start == stop:
+                stop = self.spans.popleft().stop
+        slot.cut_to(stop)
+
+    async def wait_size(self) -> None:
+        await self.size_known.wait()  # set by learn_size, or when the probe ends without learning it
+        if self.size is None and self.order and self.order[0].error is not None:
+            err = self.order[0].error
+            err.offset = 0
+            raise err
+
+    # -- the head, the budget, the consumer ---------------------------------------
+
+    def use(self, delivery: InOrder | Unordered) -> None:
+        """Deliver another way from now on (before the first byte is delivered)."""
+        self.delivery = delivery
+        for slot in self.order:
+            slot.wakeup = delivery.wakeup()
+        self.sync_head()
+
+    def sync_head(self) -> None:
+        """The head is the chunk the consumer waits on (see ``delivery``). Only the head's
+        failures are charged, and a prefetch becoming the head gets the prefetch timeout."""
+        if self.stopping:
+            return
+        head = self.delivery.head(self.order)
+        if head is not self.head:
+            self.head = head
+            if head is not None:
+                if head.trace.prefetched:
+                    self.stats.prefetch_hits += 1
+                head.became_head(self.prefetch_timeout)
+            self.notify()  # prefetches waiting to become the head
+
+    def is_head(self, slot: Slot) -> bool:
+        return slot is self.head
+
+    async def wait_head(self, slot: Slot) -> None:
+        while slot is not self.head:
+            await self.progress.wait()
+
+    def may_read(self, slot: Slot) -> bool:
+        return self.delivery.may_read(self, slot)
+
+    def notify(self) -> None:
+        self.progress.set()
+        self.progress = asyncio.Event()
+
+    async def wait_may_read(self, slot: Slot) -> None:
+        self.gate_waiters += 1
+        slot.gated_since = since = time.monotonic()
+        try:
+            while not self.delivery.may_read(self, slot):
+                await self.progress.wait()
+        finally:
+            self.gate_waiters -= 1
+            slot.gated_since = None
+            slot.gated += time.monotonic() - since
+
+    def take(self, slot: Slot) -> bytes:
+        """The consumer takes the slot's oldest piece."""
+        piece = slot.pieces.popleft()
+        n = len(piece)
+        slot.buffered -= n
+        slot.out += n
+        self.buffered -= n
+        self.delivered += n
+        self.stats.bytes += n
+        if self.gate_waiters:
+            self.notify()
+        return piece
+
+    def fail(self, slot: Slot) -> None:
+        """Raise the slot's error to the consumer, saying how far delivery got."""
+        err = slot.error
+        assert err is not None
+        err.offset = self.delivered  # unordered: bytes delivered, wherever they were
+        err.size = self.size
+        raise err
+
+    def retire(self, slot: Slot) -> None:
+        """A slot fully delivered: drop it, let the next chunk into the window."""
+        if slot not in self.order:
+            return  # dropped while the consumer held it (take_over_rest): nothing to deliver
+        self.order.remove(slot)
+        self.fill()  # also moves the head on
+        self.notify()
+
+    def cancel_all(self) -> None:
+        self.stopping = True  # nothing new may start: no split, no refill
+        for slot in self.order:
+            if slot.task is not None and not slot.task.done():
+                slot.task.cancel()
+
+    def clear(self) -> None:
+        """After every task ended: drop what the consumer did not take."""
+        for slot in self.order:
+            slot.pieces.clear()
+        self.order.clear()
+        self.buffered = 0
