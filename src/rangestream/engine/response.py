@@ -89,6 +89,11 @@ def check_status(status: int, headers: Headers, want: ByteRange, known: Known, r
         return None
     if retry.is_retryable_status(status):
         return Retryable(f"HTTP {status}", retry_after(headers.get("Retry-After"), now), status)
+    if status == 416 and (named := unsatisfied_total(headers.get("Content-Range"))) is not None \
+            and named > want.start:
+        # The server's own total says the byte exists: a confused answer, not the end of the object.
+        return Retryable(f"HTTP 416 for byte {want.start} of an object the server says has {named} bytes",
+                         retry_after(headers.get("Retry-After"), now), status)
     if status == 416 and not known.size_known and want.start == 0:
         return Body(0, 0, Learned.SIZE, 0)  # an empty object: nothing to read
     if status == 416 and known.size is None and known.to_end:
@@ -97,6 +102,17 @@ def check_status(status: int, headers: Headers, want: ByteRange, known: Known, r
         return Changed(f"HTTP 416: the server no longer has byte {want.start} "
                        f"({headers.get('Content-Range', '')})", status)
     return Refused(status)
+
+
+def unsatisfied_total(value: str | None) -> int | None:
+    """The total of a 416's ``Content-Range: bytes */N``, or None when it names none."""
+    if not value:
+        return None
+    unit, _, rest = value.strip().partition(" ")
+    if unit.lower() != "bytes" or not rest.startswith("*/"):
+        return None
+    digits = rest[2:].strip()
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def check_body(status: int, headers: Headers, want: ByteRange, known: Known) -> Body | Retryable | Changed:
