@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import rangestream
-from rangestream.origin import object_bytes
+from rangestream.testing.origin import expected_sha256, object_bytes  # noqa: F401  (re-exported for the scripts)
 
 
 @contextmanager
 def origin_process(profile: str):
-    proc = subprocess.Popen([sys.executable, "-m", "rangestream.origin", "--profile", profile, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "rangestream.testing.origin", "--profile", profile, "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().strip()
@@ -37,14 +37,6 @@ def origin_process(profile: str):
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def expected_sha256(name: str, size: int) -> str:
-    h = hashlib.sha256()
-    step = 8 << 20
-    for a in range(0, size, step):
-        h.update(object_bytes(name, size, 0, a, min(a + step, size)))
-    return h.hexdigest()
 
 
 @dataclass

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import av
 
-from rangestream.media import KINDS, generate_clip
+from rangestream.testing.media import KINDS, generate_clip
 from rangestream.muxer import FORMATS, mux
 
 PIECE = 1024 * 1024
@@ -155,7 +155,7 @@ def run_rangestream(vpath: Path, apath: Path, fmt: str, out: Path) -> Run:
 
 def run_engine(vpath: Path, apath: Path, fmt: str, out: Path) -> Run:
     from rangestream.muxer import mux_urls
-    from rangestream.origin import Origin
+    from rangestream.testing.origin import Origin
 
     vdata, adata = vpath.read_bytes(), apath.read_bytes()
 

@@ -61,7 +61,7 @@ from _common import (
     run_rangestream,
 )
 
-from rangestream.origin import PROFILES
+from rangestream.testing.origin import PROFILES
 from rangestream.plan import parse_size
 
 CHUNK = 9_500_000
@@ -151,7 +151,7 @@ TOOLS: list[Tool] = [
 ]
 
 # TODO(--https, issue 11 item 3): the emulated origin has no TLS yet (no --tls in
-# rangestream.origin). Once it has, start it with --tls, and make every tool trust its
+# rangestream.testing.origin). Once it has, start it with --tls, and make every tool trust its
 # certificate: curl --cacert, wget2 --ca-certificate, aria2c --ca-certificate, yt-dlp
 # --no-check-certificates, rangestream get --cacert, SSL_CERT_FILE for hf_transfer (rustls
 # with native roots: check), an ssl context for parfive/pypdl (aiohttp) in _peer_child.py.
@@ -357,7 +357,7 @@ def main() -> None:
         asyncio.run(child(json.loads(args.child)))
         return
     if args.https:
-        ap.error("--https is a TODO: the emulated origin (rangestream.origin) has no TLS yet; "
+        ap.error("--https is a TODO: the emulated origin (rangestream.testing.origin) has no TLS yet; "
                  "see the TODO above TOOLS in benchmarks/peers.py")
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     for p in profiles:

@@ -28,7 +28,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import origin_process  # noqa: E402
 
-from rangestream.origin import object_bytes  # noqa: E402
+from rangestream.testing.origin import object_bytes  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

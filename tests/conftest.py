@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import rangestream.client
-from rangestream.origin import PROFILES, Origin
+from rangestream.testing.origin import PROFILES, Origin
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from rangestream.retry import Retry
 from rangestream.service import ServerOptions, make_app
+from rangestream.testing import FAST_RETRY
 
 try:
     from rangestream.service import ServiceRunner
@@ -25,7 +25,7 @@ except ImportError:  # the code before the service's connection layer existed
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # Fail fast: the default policy backs off 1 s, 2 s, 4 s.
-FAST = {"retry": Retry(attempts=1, backoff=0.01, jitter=0.0)}
+FAST = {"retry": FAST_RETRY}
 
 
 def q(url: str) -> str:

@@ -21,7 +21,7 @@ import pytest
 
 import rangestream
 from rangestream import Retry, Timeouts
-from rangestream.origin import FAULT_KINDS, Origin, Profile
+from rangestream.testing.origin import FAULT_KINDS, Origin, Profile
 
 KB = 1024
 MiB = 1 << 20

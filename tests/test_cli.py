@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rangestream.origin import Origin
+from rangestream.testing.origin import Origin
 
 KB = 1024
 MB = 1_000_000
@@ -407,7 +407,7 @@ async def test_retries_are_reported_and_expired_urls_refreshed_by_command(origin
 
 async def test_mux_subcommand_to_file_and_stdout(origin, tmp_path):
     import av
-    from rangestream.media import generate_clip
+    from rangestream.testing.media import generate_clip
 
     video = await asyncio.to_thread(generate_clip, "h264-fmp4", 2.0)
     audio = await asyncio.to_thread(generate_clip, "aac-fmp4", 2.0)

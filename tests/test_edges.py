@@ -8,11 +8,11 @@ from itertools import pairwise
 
 import pytest
 from aiohttp import web
-from servers import serve
+from rangestream.testing.servers import serve
 
 import rangestream
 from rangestream import Retry, Timeouts
-from rangestream.origin import Profile
+from rangestream.testing.origin import Profile
 
 KB = 1024
 MB = 1_000_000

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from rangestream.origin import Origin, Profile
+from rangestream.testing.origin import Origin, Profile
 
 MiB = 1 << 20
 SIZE = 256 * MiB

@@ -1,6 +1,6 @@
-"""Tests of rangestream.mux and rangestream.media.
+"""Tests of rangestream.mux and rangestream.testing.media.
 
-Media is generated at test time (rangestream.media, cached per process): 3 s
+Media is generated at test time (rangestream.testing.media, cached per process): 3 s
 of a 320x240 25 fps test pattern and a stereo tone, in DASH-like layouts.
 Outputs are checked by reading them back with PyAV.
 """
@@ -21,7 +21,7 @@ import av
 import pytest
 
 from rangestream.errors import MuxError, RangestreamError, StreamError
-from rangestream.media import KINDS, generate_clip
+from rangestream.testing.media import KINDS, generate_clip
 from rangestream.muxer import MuxResult, mux
 from rangestream.muxer.sniff import IndexSniffer as _IndexSniffer
 

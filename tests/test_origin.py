@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from rangestream.origin import FAULT_KINDS, PROFILES, Origin, Profile, RequestRecord, object_bytes
+from rangestream.testing.origin import FAULT_KINDS, PROFILES, Origin, Profile, RequestRecord, object_bytes
 
 SIZE = 1_000_000
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -432,7 +432,7 @@ def test_non_loopback_host_is_refused() -> None:
 
 
 def test_command_line() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "rangestream.origin", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "rangestream.testing.origin", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -447,7 +447,7 @@ def test_command_line() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    refused = subprocess.run([sys.executable, "-m", "rangestream.origin", "--host", "10.1.2.3"],
+    refused = subprocess.run([sys.executable, "-m", "rangestream.testing.origin", "--host", "10.1.2.3"],
                              capture_output=True, text=True, timeout=20)
     assert refused.returncode != 0 and "allow-remote" in refused.stderr
 

@@ -30,7 +30,7 @@ import pytest
 from aiohttp import web
 
 from rangestream import Client, Retry
-from rangestream.media import generate_clip
+from rangestream.testing.media import generate_clip
 from rangestream.refresh import (
     ResolveError,
     Resolver,

@@ -17,11 +17,8 @@ import av
 import pytest
 import service_support
 from aiohttp import web
-from servers import serve as serve_handler
 
 from rangestream import Client, StreamError
-from rangestream.media import generate_clip
-from rangestream.retry import Retry
 from rangestream.service import (
     Guard,
     GuardedTransport,
@@ -30,11 +27,14 @@ from rangestream.service import (
     parse_range,
 )
 from rangestream.service.guard import find_refusal
+from rangestream.testing import FAST_RETRY
+from rangestream.testing.media import generate_clip
+from rangestream.testing.servers import serve as serve_handler
 
 pytestmark = pytest.mark.timeout(20)
 
 # Fail fast: the default policy backs off 1 s, 2 s, 4 s.
-FAST = {"retry": Retry(attempts=1, backoff=0.01, jitter=0.0)}
+FAST = {"retry": FAST_RETRY}
 SECRET_SIG = "sig=0123456789abcdef"
 
 

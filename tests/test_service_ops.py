@@ -140,9 +140,9 @@ def origin_process():
 
     from service_support import SRC
 
-    from rangestream.origin import PROFILES, Origin
+    from rangestream.testing.origin import PROFILES, Origin
 
-    proc = subprocess.Popen([sys.executable, "-m", "rangestream.origin", "--port", "0", "--profile", "fast"],
+    proc = subprocess.Popen([sys.executable, "-m", "rangestream.testing.origin", "--port", "0", "--profile", "fast"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": SRC})
     try:

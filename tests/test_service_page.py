@@ -245,7 +245,7 @@ async def live_service(**options) -> AsyncIterator[str]:
 
 async def test_browser_pastes_a_page_plays_it_downloads_one_file_and_shows_errors(origin, tmp_path):
     async_playwright = _browser_or_skip()
-    from rangestream.media import generate_clip
+    from rangestream.testing.media import generate_clip
 
     video, audio = await asyncio.gather(asyncio.to_thread(generate_clip, "h264-fmp4", 3.0),
                                         asyncio.to_thread(generate_clip, "aac-fmp4", 3.0))

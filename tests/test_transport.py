@@ -16,8 +16,8 @@ import rangestream
 from rangestream import Retry
 from rangestream.errors import RangestreamError, StreamError
 from rangestream.headers import CHROME_USER_AGENT, IOS_USER_AGENT, headers_for
+from rangestream.testing import FAST_RETRY
 
-FAST_RETRY = Retry(attempts=1, backoff=0.001, cap=0.01, jitter=0)
 KB = 1024
 SECRET = "s3cr3t-pw"
 

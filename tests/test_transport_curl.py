@@ -29,7 +29,7 @@ from conftest import use_curl_transport  # noqa: E402
 import rangestream  # noqa: E402
 from rangestream import Retry, Timeouts  # noqa: E402
 from rangestream.errors import InvalidURLError, RangestreamError, TransientError  # noqa: E402
-from rangestream.origin import Profile  # noqa: E402
+from rangestream.testing.origin import Profile  # noqa: E402
 from rangestream.transports import AiohttpTransport  # noqa: E402
 from rangestream.transports.curl import CurlTransport  # noqa: E402
 

@@ -7,7 +7,7 @@ import time
 
 import rangestream
 from rangestream import Retry
-from rangestream.origin import Profile
+from rangestream.testing.origin import Profile
 
 KB = 1024
 MB = 1_000_000

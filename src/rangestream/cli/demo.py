@@ -1,6 +1,6 @@
 """``rangestream demo``: the README's main command, offline.
 
-1. Starts the emulated CDN (``rangestream.origin``, YouTube-like profile: 150 ms
+1. Starts the emulated CDN (``rangestream.testing.origin``, YouTube-like profile: 150 ms
    to first byte, 16 MB/s per connection, a 64 MB/s link, requests over 10 MB
    throttled) as a subprocess on a free loopback port, so it has a core of its own.
 2. Downloads the same object three times: sequentially (window 1), with the
@@ -9,7 +9,7 @@
 3. Prints a table and bar charts of time and throughput, with the ratio to the
    link limit (size / link rate + one first-byte delay).
 4. Muxes a generated H.264 video and AAC audio, served by an in-process origin,
-   into ``demo.mp4`` (when ``rangestream.mux`` and ``rangestream.media`` are there).
+   into ``demo.mp4`` (when ``rangestream.mux`` and ``rangestream.testing.media`` are there).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import RangestreamError
-from ..origin import PROFILES, object_bytes
+from ..testing.origin import PROFILES, object_bytes
 from ..output import human_bytes, open_locked
 from .exits import EXIT_FAILURE, EXIT_OK
 from .runner import Context
@@ -86,7 +86,7 @@ def best_window() -> int | str:
 
 
 class OriginProcess:
-    """``python -m rangestream.origin`` in a subprocess: it gets the other core."""
+    """``python -m rangestream.testing.origin`` in a subprocess: it gets the other core."""
 
     def __init__(self, profile: str = "youtube") -> None:
         self.profile = profile
@@ -96,7 +96,7 @@ class OriginProcess:
 
     async def start(self, timeout: float = 20.0) -> str:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rangestream.origin", "--profile", self.profile, "--port", "0",
+            sys.executable, "-m", "rangestream.testing.origin", "--profile", self.profile, "--port", "0",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=self._err,
             preexec_fn=_die_with_parent)
         assert self.proc.stdout is not None
@@ -191,9 +191,9 @@ def _bars(title: str, rows: list[tuple[str, float, str]], scale: float, style: s
 
 
 async def _mux_demo(ctx: Context, console: Console, out: str, chunk_size: int) -> int:
-    from .. import media
+    from ..testing import media
     from ..muxer import mux_urls
-    from ..origin import Origin
+    from ..testing.origin import Origin
 
     display = ctx.display
     seconds = 10.0

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 
 def _origin(argv: list[str]) -> int:
-    from ..origin import main as origin_main
+    from ..testing.origin import main as origin_main
 
     return origin_main(argv)
 

@@ -124,6 +124,15 @@ def _base(name: str, size: int, version: int) -> tuple[memoryview, int, int]:
     return memoryview(data), key, salt
 
 
+def expected_sha256(name: str, size: int, version: int = 0) -> str:
+    """The sha256 of a generated object, computed without an origin (benchmarks, tests)."""
+    h = hashlib.sha256()
+    step = 8 << 20
+    for a in range(0, size, step):
+        h.update(object_bytes(name, size, version, a, min(a + step, size)))
+    return h.hexdigest()
+
+
 def object_bytes(name: str, size: int, version: int, start: int, stop: int) -> bytes:
     """Bytes [start, stop) of generated object (name, size, version).
 

@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import functools
 import io
-from fractions import Fraction
-from dataclasses import dataclass
-
 import os
 import struct
+from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 from av.video.frame import PictureType
