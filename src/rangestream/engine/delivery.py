@@ -9,11 +9,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .slot import Slot
-    from .window import Window
+from .slot import Slot
+from .stats import Stats
+
+
+class Window(Protocol):
+    """What delivery needs of the window (``window.Window``), which in turn holds a delivery."""
+
+    order: list[Slot]
+    buffered: int
+    max_buffer: int
+    stats: Stats
+
+    def take(self, slot: Slot) -> bytes: ...
+    def fail(self, slot: Slot) -> None: ...
+    def retire(self, slot: Slot) -> None: ...
+    def cancel_all(self) -> None: ...
 
 # Bytes the head chunk may queue ahead of a slow consumer, whatever max_buffer says.
 HEAD_QUEUE = 2 << 20
