@@ -42,12 +42,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import av
 
-from rangestream.testing.media import KINDS, generate_clip
 from rangestream.muxer import FORMATS, mux
+from rangestream.testing.media import KINDS, generate_clip
 
 PIECE = 1024 * 1024
 BASE_SECONDS = 4.0
@@ -109,7 +110,8 @@ def make_pair(fmt: str, size_mb: int, cache: Path, noise: int) -> tuple[Path, Pa
     cache.mkdir(parents=True, exist_ok=True)
     base_kw = dict(seconds=BASE_SECONDS, width=640, height=360, noise=noise,
                    crf=18 if vkind.startswith("h264") else 20)
-    tag = hashlib.sha1(f"{vkind}|{akind}|{size_mb}|{sorted(base_kw.items())}|{av.__version__}".encode()).hexdigest()[:10]
+    key = f"{vkind}|{akind}|{size_mb}|{sorted(base_kw.items())}|{av.__version__}"
+    tag = hashlib.sha1(key.encode()).hexdigest()[:10]
     vext = ".mp4" if KINDS[vkind].format == "mp4" else ".webm"
     aext = ".m4a" if KINDS[akind].format == "mp4" else ".weba"
     vpath = cache / f"video-{vkind}-{tag}{vext}"
@@ -249,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         in_bytes = vpath.stat().st_size + apath.stat().st_size
         packets = None
         out = args.cache_dir / f"out{EXT[FORMATS[fmt].name]}"
-        contenders = {"rangestream": lambda: run_rangestream(vpath, apath, fmt, out),
-                      "pyav-local": lambda: run_pyav_local(vpath, apath, fmt, out)}
+        # partial binds this iteration's paths now, not whatever the loop variables hold later
+        contenders = {"rangestream": partial(run_rangestream, vpath, apath, fmt, out),
+                      "pyav-local": partial(run_pyav_local, vpath, apath, fmt, out)}
         if args.ffmpeg:
-            contenders["ffmpeg-cli"] = lambda: run_ffmpeg(args.ffmpeg, vpath, apath, fmt, out)
+            contenders["ffmpeg-cli"] = partial(run_ffmpeg, args.ffmpeg, vpath, apath, fmt, out)
         if args.engine:
-            contenders["rangestream+engine"] = lambda: run_engine(vpath, apath, fmt, out)
+            contenders["rangestream+engine"] = partial(run_engine, vpath, apath, fmt, out)
         runs: dict[str, list[Run]] = {k: [] for k in contenders}
         for _ in range(args.repeat):  # interleaved, so drift hits all alike
             for name, fn in contenders.items():

@@ -61,8 +61,8 @@ from _common import (
     run_rangestream,
 )
 
-from rangestream.testing.origin import PROFILES
 from rangestream.plan import parse_size
+from rangestream.testing.origin import PROFILES
 
 CHUNK = 9_500_000
 MIB = 1 << 20
@@ -270,11 +270,13 @@ def print_table(profile: str, prof, size: int, timeout: float, rows: list[Row]) 
         desc += f", {prof.fault_rate:.0%} faults {'/'.join(prof.fault_kinds)} (stalls {prof.stall_seconds:.0f} s)"
     print(f"\n== profile {profile}: {size / 1e6:.0f} MB object; {desc}")
     if limit is not None:
-        print(f"   link limit: {size / 1e6:.0f} MB / {prof.link_rate / 1e6:.0f} MB/s + {prof.ttfb:.2f} s = {limit:.2f} s")
+        print(f"   link limit: {size / 1e6:.0f} MB / {prof.link_rate / 1e6:.0f} MB/s + {prof.ttfb:.2f} s "
+              f"= {limit:.2f} s")
     curl = done(rows, "curl")
     print(f"| {'client':{W}} | {'seconds':>8} | {'MB/s':>7} | {'x link limit':>12} | {'CPU s/GB':>8} | "
           f"{'CPU vs curl':>11} | {'peak RSS MB':>11} | {'max_buffer MB':>13} | {'sha256':>6} |")
-    print(f"|{'-' * (W + 2)}|{'-' * 9}:|{'-' * 8}:|{'-' * 13}:|{'-' * 9}:|{'-' * 12}:|{'-' * 12}:|{'-' * 14}:|{'-' * 7}:|")
+    print(f"|{'-' * (W + 2)}|{'-' * 9}:|{'-' * 8}:|{'-' * 13}:|{'-' * 9}:|"
+          f"{'-' * 12}:|{'-' * 12}:|{'-' * 14}:|{'-' * 7}:|")
     for row in rows:
         r = row.res
         if r is None:
@@ -323,7 +325,8 @@ def verdicts(results: dict[str, tuple[object, int, list[Row]]]) -> None:
                       + ("MET" if not slower else "NOT MET, not faster than " + ", ".join(slower)))
         if profile == "lossy":
             bad = [r.label for r in rows if r.key.startswith("rangestream") and r.res is not None and not r.res.ok]
-            print("[lossy] every rangestream row byte-exact: " + ("MET" if not bad else "NOT MET for " + ", ".join(bad)))
+            print("[lossy] every rangestream row byte-exact: "
+                  + ("MET" if not bad else "NOT MET for " + ", ".join(bad)))
             print("[lossy] peers byte-exact: " + ", ".join(f"{p.label} {'ok' if p.res.ok else 'no'}" for p in peers))
         wget2 = done(rows, "wget2")
         cli_file = done(rows, "rangestream get -o FILE")

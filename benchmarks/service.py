@@ -88,7 +88,8 @@ async def _run(base: str, origin: str, clients: int, size: int) -> tuple[float, 
         started = time.monotonic()
         results = await asyncio.gather(*(_client(s, u) for u in urls))
         elapsed = time.monotonic() - started
-    bad = sum(1 for name, (_, digest, n) in zip(names, results) if n != size or digest != _expected(name, size))
+    bad = sum(1 for name, (_, digest, n) in zip(names, results, strict=True)
+              if n != size or digest != _expected(name, size))
     return elapsed, [r[0] for r in results], bad
 
 

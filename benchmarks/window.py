@@ -64,7 +64,8 @@ async def unthrottled(base: str, size: int) -> None:
     print(f"\nUnthrottled origin: {size / 1e9:.1f} GB (every client's bytes are sha256-hashed in this "
           f"process; CPU = client + hashing, for all rows alike)")
     base_row = rows[0] if curl else None
-    print(f"{'client':28} {'seconds':>8} {'MB/s':>8} {'CPU s/GB':>9} {'vs curl MB/s':>13} {'vs curl CPU':>12} {'sha256':>7}")
+    print(f"{'client':28} {'seconds':>8} {'MB/s':>8} {'CPU s/GB':>9} "
+          f"{'vs curl MB/s':>13} {'vs curl CPU':>12} {'sha256':>7}")
     for r in rows:
         rel = (f"{r.mbps / base_row.mbps:13.2f} {r.cpu_per_gb / base_row.cpu_per_gb:12.2f}" if base_row
                else f"{'-':>13} {'-':>12}")

@@ -257,7 +257,7 @@ async def test_bad_flags_and_urls_exit_2_as_a_user_sees_them(tmp_path):
                                      for args, _ in cases[2:]),
                                    *(run(*args, cwd=tmp_path) for args, _ in cases[:2]))
     results = results[1:] + results[:1]
-    for (args, message), (rc, out, err) in zip(cases, results):
+    for (args, message), (rc, out, err) in zip(cases, results, strict=True):
         assert rc == 2, (args, err)
         assert message in err, (args, err)
         assert out == b"" and "Traceback" not in err
@@ -287,7 +287,7 @@ async def test_network_and_http_failures_have_their_exit_codes(origin, tmp_path)
     ]
     results = await asyncio.gather(*(run("get", url, *fast, "-o", f"out{i}.bin", "--chunk-size", "256K",
                                          "--window", "1", cwd=tmp_path) for i, (url, _, _) in enumerate(cases)))
-    for (url, code, message), (rc, out, err) in zip(cases, results):
+    for (url, code, message), (rc, out, err) in zip(cases, results, strict=True):
         assert rc == code, (url, err)
         assert message in err, (url, err)
         assert "Traceback" not in err and out == b""
@@ -407,6 +407,7 @@ async def test_retries_are_reported_and_expired_urls_refreshed_by_command(origin
 
 async def test_mux_subcommand_to_file_and_stdout(origin, tmp_path):
     import av
+
     from rangestream.testing.media import generate_clip
 
     video = await asyncio.to_thread(generate_clip, "h264-fmp4", 2.0)

@@ -211,7 +211,7 @@ async def test_tampered_sidecars_are_refused_and_the_download_starts_over(origin
     started = time.monotonic()
     results = await asyncio.gather(*(run("get", url, "-o", "f.bin", "--chunk-size", "64K", cwd=tmp_path / name,
                                          timeout=40) for name in cases))
-    for (name, (_, why)), (rc, _, err) in zip(cases.items(), results):
+    for (name, (_, why)), (rc, _, err) in zip(cases.items(), results, strict=True):
         assert rc == 0, (name, err)
         assert (tmp_path / name / "f.bin").read_bytes() == want, name
         assert "cannot resume f.bin.part" in err and why in err and "starting over" in err, (name, err)

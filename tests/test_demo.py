@@ -14,7 +14,6 @@ import av
 import pytest
 
 
-
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANGESTREAM_")}
     env.pop("COLUMNS", None)

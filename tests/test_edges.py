@@ -8,11 +8,11 @@ from itertools import pairwise
 
 import pytest
 from aiohttp import web
-from rangestream.testing.servers import serve
 
 import rangestream
 from rangestream import Retry, Timeouts
 from rangestream.testing.origin import Profile
+from rangestream.testing.servers import serve
 
 KB = 1024
 MB = 1_000_000

@@ -10,11 +10,11 @@ from itertools import pairwise
 
 import pytest
 from aiohttp import web
-from rangestream.testing.servers import serve
 
 import rangestream
 from rangestream import Retry, Timeouts
 from rangestream.testing.origin import Origin, Profile
+from rangestream.testing.servers import serve
 
 FAST_RETRY = Retry(attempts=4, backoff=0.001, cap=0.01, jitter=0)
 KB = 1024

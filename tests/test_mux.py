@@ -21,9 +21,9 @@ import av
 import pytest
 
 from rangestream.errors import MuxError, RangestreamError, StreamError
-from rangestream.testing.media import KINDS, generate_clip
 from rangestream.muxer import MuxResult, mux
 from rangestream.muxer.sniff import IndexSniffer as _IndexSniffer
+from rangestream.testing.media import KINDS, generate_clip
 
 FRAME = 1 / 25  # one video frame at the clips' rate
 

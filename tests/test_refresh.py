@@ -30,7 +30,6 @@ import pytest
 from aiohttp import web
 
 from rangestream import Client, Retry
-from rangestream.testing.media import generate_clip
 from rangestream.refresh import (
     ResolveError,
     Resolver,
@@ -42,6 +41,7 @@ from rangestream.refresh import (
     output_name,
     refresh_hook,
 )
+from rangestream.testing.media import generate_clip
 
 pytest.importorskip("yt_dlp")
 

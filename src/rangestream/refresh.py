@@ -399,7 +399,7 @@ class Resolver:
         log.debug("resolving %s with yt-dlp (format %s)", redact_url(page_url), self.selector)
         try:
             info = await asyncio.wait_for(asyncio.to_thread(self._extract, page_url, self._options), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ResolveError(f"cannot resolve {redact_url(page_url)}: no answer within {self.timeout:.0f} s",
                                network=True) from None
         except ResolveError:

@@ -30,8 +30,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import RangestreamError
-from ..testing.origin import PROFILES, object_bytes
 from ..output import human_bytes, open_locked
+from ..testing.origin import PROFILES, object_bytes
 from .exits import EXIT_FAILURE, EXIT_OK
 from .runner import Context
 from .ui import MB, ticking
@@ -191,8 +191,8 @@ def _bars(title: str, rows: list[tuple[str, float, str]], scale: float, style: s
 
 
 async def _mux_demo(ctx: Context, console: Console, out: str, chunk_size: int) -> int:
-    from ..testing import media
     from ..muxer import mux_urls
+    from ..testing import media
     from ..testing.origin import Origin
 
     display = ctx.display

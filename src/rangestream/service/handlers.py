@@ -18,7 +18,8 @@ from .limits import WriteTimeout, WriteWatch
 from .replies import Reply, log_safe, reply_for, unsatisfiable
 from .state import STATE, State
 
-STARTED: web.RequestKey[float] = web.RequestKey("rangestream_started", float)  # request key: when the middleware saw the request (monotonic)
+# request key: when the middleware saw the request (monotonic)
+STARTED: web.RequestKey[float] = web.RequestKey("rangestream_started", float)
 
 log = logging.getLogger("rangestream.service")
 

@@ -319,7 +319,7 @@ async def _open(stack: contextlib.AsyncExitStack, state: State, res: Resolution,
     """The engine streams of the resolution, counted into the job, with the refresh hook."""
     names = ("video", "audio") if res.needs_mux else ("media",)
     streams = {}
-    for name, f in zip(names, res.formats):
+    for name, f in zip(names, res.formats, strict=True):
         options: dict[str, Any] = {}
         if resolver is not None:
             options["refresh"] = resolver.hook(res.page_url, f)

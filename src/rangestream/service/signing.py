@@ -95,7 +95,8 @@ def verify(key: str, path: str, pairs: Iterable[tuple[str, str]], *, now: float 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rangestream sign",
                                 description="Print a signed link to a `rangestream serve --signing-key` service.")
-    p.add_argument("url", nargs="?", metavar="URL", help="the upstream URL (for /stream) or page URL (--endpoint watch)")
+    p.add_argument("url", nargs="?", metavar="URL",
+                   help="the upstream URL (for /stream) or page URL (--endpoint watch)")
     p.add_argument("--video", metavar="URL", help="with --audio: a /mux link")
     p.add_argument("--audio", metavar="URL")
     p.add_argument("--format", choices=["mp4", "webm", "mkv"], help="/mux container")

@@ -102,7 +102,7 @@ def _video_options(codec: str, gop: int, crf: int | None) -> dict[str, str]:
             "b": "0",
         }
     if codec == "libsvtav1":
-        return {"preset": "12", "crf": str(crf if crf is not None else 45), "svtav1-params": "lp=1:keyint=%d" % gop}
+        return {"preset": "12", "crf": str(crf if crf is not None else 45), "svtav1-params": f"lp=1:keyint={gop}"}
     return {}
 
 
