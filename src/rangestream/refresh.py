@@ -316,7 +316,8 @@ def _ytdlp_extract(page_url: str, options: dict[str, Any]) -> dict[str, Any]:
             options["cookiefile"] = cookies_copy
         with yt_dlp.YoutubeDL(options) as ydl:
             info = ydl.extract_info(page_url, download=False)
-            return ydl.sanitize_info(info)
+            clean: dict[str, Any] = ydl.sanitize_info(info)  # yt-dlp is untyped; its info is a dict
+            return clean
     except yt_dlp.utils.DownloadError as e:
         raise _resolve_error(page_url, e) from None
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from .slot import Slot
@@ -49,7 +49,7 @@ class InOrder:
         # A split-off of the head may run past the budget, by at most its own head queue.
         return window.buffered < window.max_buffer or (slot.urgent and slot.buffered < HEAD_QUEUE)
 
-    async def iterate(self, window: Window) -> AsyncIterator[bytes]:
+    async def iterate(self, window: Window) -> AsyncGenerator[bytes, None]:
         complete = False
         try:
             while window.order:
@@ -92,7 +92,7 @@ class Unordered:
     def may_read(self, window: Window, slot: Slot) -> bool:
         return window.buffered < max(window.max_buffer, HEAD_QUEUE)
 
-    async def iterate(self, window: Window) -> AsyncIterator[tuple[int, bytes]]:
+    async def iterate(self, window: Window) -> AsyncGenerator[tuple[int, bytes], None]:
         complete = False
         try:
             while window.order:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from itertools import pairwise
 from typing import Protocol
 
@@ -187,11 +187,11 @@ class Stream:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._shutdown()
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncGenerator[bytes, None]:  # a generator: aclose() ends it early
         self._start_iteration()
         return self._ordered.iterate(self._window)
 
-    def unordered(self) -> AsyncIterator[tuple[int, bytes]]:
+    def unordered(self) -> AsyncGenerator[tuple[int, bytes], None]:
         """``(offset, data)`` pieces as soon as any chunk of the window has them.
 
         For writers that can seek (a file written with ``os.pwrite``): every byte

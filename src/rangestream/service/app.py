@@ -11,9 +11,9 @@ import os
 import time
 import traceback
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..client import Client
 from ..redact import is_secret_param, redact_text, redact_url
@@ -100,7 +100,7 @@ def log_target(request: web.Request) -> str:
 
 
 @web.middleware
-async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     started = request[STARTED] = time.monotonic()
     status: int | str = 500

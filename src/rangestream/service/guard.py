@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from ..errors import StreamError
 from ..transports import AiohttpTransport
@@ -195,7 +195,7 @@ class _PublicResolver(AbstractResolver):
         self._inner = aiohttp.DefaultResolver()
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[dict[str, Any]]:
+                      ) -> list[ResolveResult]:
         infos = await self._inner.resolve(host, port, family)
         public = [info for info in infos if is_public_address(str(info["host"]))]
         if not public:

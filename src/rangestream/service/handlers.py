@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import AsyncIterable, Mapping
 
 from aiohttp import web
 
@@ -216,6 +217,7 @@ class Output:
 def _media_response(url: str, ranged: bool, start: int, stop: int | None, size: int | None) -> web.StreamResponse:
     headers = {"Content-Type": content_type(url), **MEDIA_HEADERS,
                "Accept-Ranges": "bytes" if size is not None else "none"}
+    length: int | None
     if ranged:
         assert size is not None
         end = size if stop is None else min(stop, size)
@@ -254,8 +256,8 @@ async def mux_handler(request: web.Request) -> web.StreamResponse:
         return await run_mux(request, resp, streams, fmt, state)
 
 
-async def run_mux(request: web.Request, resp: web.StreamResponse, streams: dict, fmt: str,
-                  state: State) -> web.StreamResponse:
+async def run_mux(request: web.Request, resp: web.StreamResponse, streams: Mapping[str, AsyncIterable[bytes]],
+                  fmt: str, state: State) -> web.StreamResponse:
     """Mux ``streams["video"]`` and ``streams["audio"]`` (async iterables of bytes) as ``fmt`` into
     ``resp`` (not yet prepared; its headers are sent with the first output byte), shared by
     ``/mux`` and the page's ``/watch``.

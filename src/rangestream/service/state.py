@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..client import Client
+from ..engine import Stream
 from . import signing
 from .guard import Guard, UpstreamRefused
 from .metrics import Metrics
@@ -162,7 +163,7 @@ class State:
             raise Reply(502, f"cannot resolve the upstream host {host}", kind="dns") from None
         return raw
 
-    def open_stream(self, url: str, **options: Any) -> Any:
+    def open_stream(self, url: str, **options: Any) -> Stream:
         assert self.client is not None
         return self.client.open_stream(url, **options)
 

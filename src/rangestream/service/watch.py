@@ -233,7 +233,8 @@ class ProgressStore:
             return None
         try:
             with open(self._path(job), encoding="utf-8") as f:
-                return json.load(f)
+                data: dict[str, Any] = json.load(f)  # written by put() above: a JSON object
+                return data
         except (OSError, ValueError):
             return None
 

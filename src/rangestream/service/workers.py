@@ -52,7 +52,7 @@ class _Pool:
         dead = [p for p in self.procs if p.poll() is not None]
         for p in dead:
             self.procs.remove(p)
-            multiprocess.mark_process_dead(p.pid, path)
+            multiprocess.mark_process_dead(p.pid, path)  # type: ignore[no-untyped-call, unused-ignore]  # prometheus_client leaves it unannotated
         return dead
 
     def stop(self, path: str) -> bool:
@@ -66,7 +66,7 @@ class _Pool:
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for the grace period
                 p.kill()
                 ok = False
-            multiprocess.mark_process_dead(p.pid, path)
+            multiprocess.mark_process_dead(p.pid, path)  # type: ignore[no-untyped-call, unused-ignore]  # prometheus_client leaves it unannotated
         return ok
 
 

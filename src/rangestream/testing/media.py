@@ -39,11 +39,15 @@ import functools
 import io
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+from av.audio.stream import AudioStream
+from av.container import OutputContainer
 from av.video.frame import PictureType
+from av.video.stream import VideoStream
 
 __all__ = ["KINDS", "generate_clip", "clip_kind"]
 
@@ -149,11 +153,13 @@ def generate_clip(
     return data
 
 
-def _encode_video(out, codec, seconds, width, height, fps, gop_seconds, crf, noise) -> None:
+def _encode_video(out: OutputContainer, codec: str, seconds: float, width: int, height: int, fps: int,
+                  gop_seconds: float, crf: int | None, noise: int) -> None:
     gop = max(1, round(fps * gop_seconds))
     if codec == "libsvtav1":
         os.environ.setdefault("SVT_LOG", "1")  # errors only; its banner goes to stderr
     stream = out.add_stream(codec, rate=fps, options=_video_options(codec, gop, crf))
+    assert isinstance(stream, VideoStream), codec  # KINDS gives video tracks video codecs
     stream.width = width
     stream.height = height
     stream.pix_fmt = "yuv420p"
@@ -172,8 +178,9 @@ def _encode_video(out, codec, seconds, width, height, fps, gop_seconds, crf, noi
     out.mux(stream.encode(None))
 
 
-def _encode_audio(out, codec, seconds, sample_rate, frequency) -> None:
+def _encode_audio(out: OutputContainer, codec: str, seconds: float, sample_rate: int, frequency: float) -> None:
     stream = out.add_stream(codec, rate=sample_rate, layout="stereo")
+    assert isinstance(stream, AudioStream), codec  # KINDS gives audio tracks audio codecs
     if codec == "aac":
         stream.bit_rate = 128_000
     elif codec == "libopus":
@@ -191,7 +198,7 @@ def _encode_audio(out, codec, seconds, sample_rate, frequency) -> None:
 # --- ISO BMFF touch-ups (what FFmpeg can only do by reopening a named file) ---
 
 
-def _boxes(data: bytes, start: int = 0, end: int | None = None):
+def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[str, int, int, int]]:
     """Yield ``(type, box_start, payload_start, box_end)`` for the boxes in a range."""
     end = len(data) if end is None else end
     pos = start
@@ -209,7 +216,7 @@ def _boxes(data: bytes, start: int = 0, end: int | None = None):
         pos += size
 
 
-def _find(data: bytes, path: list[str], start: int = 0, end: int | None = None):
+def _find(data: bytes, path: list[str], start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
     """Yield ``(payload_start, box_end)`` of every box at ``path`` (a list of types)."""
     for kind, _box, payload, box_end in _boxes(data, start, end):
         if kind == path[0]:
@@ -269,7 +276,7 @@ def _add_sidx(data: bytes) -> bytes:
         i += 1
     if not frags:
         return data
-    with av.open(io.BytesIO(data)) as probe:
+    with av.open(io.BytesIO(data), mode="r") as probe:
         stream = probe.streams[0]
         if stream.time_base != Fraction(1, timescale):
             return data

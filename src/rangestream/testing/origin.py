@@ -30,7 +30,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -186,7 +186,7 @@ def _knob_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
+def _parse_range(header: str, size: int) -> tuple[int, int] | Literal[False] | None:
     """(start, stop) for a satisfiable single range, False if unsatisfiable, None to ignore it."""
     unit, _, spec = header.strip().partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
@@ -355,7 +355,7 @@ class Origin:
 
     def content(self, name: str, size: int, version: int = 0) -> bytes:
         obj = self._object(name, size, version)
-        return self._read(obj, 0, size)
+        return bytes(self._read(obj, 0, size))
 
     def sha256(self, name: str, size: int, version: int = 0) -> str:
         obj, h = self._object(name, size, version), hashlib.sha256()
@@ -527,6 +527,7 @@ class Origin:
         rec.version = obj.version
         if fault in _STATUS_FAULTS or fault == "status":
             code = status if fault == "status" else _STATUS_FAULTS[fault]
+            assert code is not None  # only inject() scripts "status", and it requires status=
             if retry_after is None and fault in ("429", "503-retry-after"):
                 retry_after = profile.retry_after
             headers: dict[str, str] = {} if retry_after is None else {"Retry-After": str(retry_after)}
@@ -759,7 +760,8 @@ def _kernel_unsent(sock: Any) -> int:
     if sock is None or termios is None or not hasattr(termios, "TIOCOUTQ"):
         return 0
     try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        unsent: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return unsent
     except OSError:
         return 0
 

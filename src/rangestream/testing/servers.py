@@ -18,6 +18,6 @@ async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]])
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/x"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/x"
     finally:
         await runner.cleanup()
