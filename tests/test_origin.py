@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -451,3 +452,35 @@ def test_command_line() -> None:
                              capture_output=True, text=True, timeout=20)
     assert refused.returncode != 0 and "allow-remote" in refused.stderr
 
+
+
+def test_command_line_tls_serves_https_that_the_cli_trusts_with_cacert(tmp_path) -> None:
+    # --tls: a certificate from a CA made at start-up; its PEM path is printed for --cacert.
+    proc = subprocess.Popen([sys.executable, "-m", "rangestream.testing.origin", "--port", "0", "--tls"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        assert first.startswith("listening on https://127.0.0.1:")
+        ca_line = proc.stdout.readline().strip()
+        assert ca_line.startswith("ca-cert ")
+        ca = ca_line.removeprefix("ca-cert ")
+        assert "BEGIN CERTIFICATE" in open(ca).read()
+        url = f"{first.removeprefix('listening on ')}/data/tls/{SIZE}.bin"
+        out = tmp_path / "obj.bin"
+        cli = [sys.executable, "-m", "rangestream", "get", url, "--quiet", "--chunk-size", "300K",
+               "--window", "auto"]
+        ok = subprocess.run([*cli, "--cacert", ca, "-o", str(out)], capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        assert out.read_bytes() == object_bytes("tls", SIZE, 0, 0, SIZE)
+        # The certificate is really checked: without the CA the same download is refused (exit 3).
+        refused = subprocess.run([*cli, "-o", str(tmp_path / "no.bin")], capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        assert not (tmp_path / "no.bin").exists()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0 and "Traceback" not in err
+        assert not Path(ca).exists()  # the CA file goes with the origin
+    finally:
+        if proc.poll() is None:
+            proc.kill()

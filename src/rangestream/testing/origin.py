@@ -10,21 +10,29 @@ URL forms (build them with `Origin.url` / `Origin.media_url`):
     /videoplayback?id=&clen=&expire=&...    googlevideo form; `range=a-b` also accepted
 Any Profile field can be overridden per URL as a query parameter (`rate=1e6`), plus
 `fault=<kind>` (applied to every request of that URL) and `fault_at=<body offset>`.
+
+``Origin(tls=True)`` (``--tls`` on the command line) serves HTTPS with a certificate for
+127.0.0.1 and localhost issued at start-up by a throw-away CA (``trustme``); the CA's PEM is
+written to ``Origin.ca_path`` (printed as ``ca-cert PATH``) for clients to trust (``--cacert``).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import email.utils
 import hashlib
 import hmac
 import ipaddress
 import random
+import os
 import signal
 import socket
+import ssl
 import struct
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -266,9 +274,11 @@ class _Link:
 
 class Origin:
     def __init__(self, profile: Profile | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 allow_remote: bool = False) -> None:
+                 allow_remote: bool = False, tls: bool = False) -> None:
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"refusing to listen on non-loopback host {host!r}")
+        self.tls = tls
+        self.ca_path: str | None = None  # with tls: the PEM file of the CA that issued its certificate
         self.profile: Profile = profile or PROFILES["fast"]
         self.host, self.port = host, port
         self.base_url = ""
@@ -297,13 +307,33 @@ class Origin:
         # handler_cancellation: a client that goes away must cancel a stalled or paced handler.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        ssl_context = self._tls_context() if self.tls else None
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        self.base_url = f"http://{self.host}:{self.port}"
+        self.base_url = f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """A server context with a certificate for this host from a CA made now (nothing
+        lives on disk but the CA's public PEM, removed on close)."""
+        import trustme  # a test/benchmark dependency: only needed with tls
+
+        ca = trustme.CA()
+        names = sorted({self.host, "127.0.0.1", "localhost"})
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(*names).configure_cert(ctx)
+        fd, path = tempfile.mkstemp(prefix="rangestream-origin-ca-", suffix=".pem")
+        with os.fdopen(fd, "wb") as f:
+            f.write(ca.cert_pem.bytes())
+        self.ca_path = path
+        return ctx
 
     async def close(self) -> None:
         runner, self._runner = self._runner, None
+        if self.ca_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.ca_path)
+            self.ca_path = None
         if runner is None:
             return
         # Abort first: a graceful shutdown would wait for stalled handlers.
@@ -789,6 +819,8 @@ def _is_loopback(host: str) -> bool:
 async def _serve_forever(origin: Origin) -> None:
     await origin.start()
     print(f"listening on {origin.base_url}", flush=True)
+    if origin.ca_path is not None:
+        print(f"ca-cert {origin.ca_path}", flush=True)  # what clients pass to --cacert
     print(f"  plain:   {origin.url(100_000_000, 'sample')}", flush=True)
     print(f"  youtube: {origin.url(100_000_000, 'sample', youtube=True)}", flush=True)
     stop = asyncio.Event()
@@ -809,10 +841,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve HTTPS with a certificate from a CA made at start-up; its PEM file is "
+                             "printed as 'ca-cert PATH' (for --cacert)")
     args = parser.parse_args(argv)
     try:
         origin = Origin(PROFILES[args.profile], host=args.host, port=args.port,
-                        allow_remote=args.allow_remote)
+                        allow_remote=args.allow_remote, tls=args.tls)
     except ValueError as exc:
         parser.error(f"{exc} (pass --allow-remote to override)")
     try:
