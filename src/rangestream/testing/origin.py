@@ -25,8 +25,8 @@ import email.utils
 import hashlib
 import hmac
 import ipaddress
-import random
 import os
+import random
 import signal
 import socket
 import ssl
