@@ -22,15 +22,27 @@ import rangestream
 from rangestream.testing.origin import expected_sha256, object_bytes  # noqa: F401  (re-exported for the scripts)
 
 
+class OriginURL(str):
+    """The origin's base URL; ``ca`` is the PEM file of the CA to trust when it serves HTTPS."""
+
+    ca: str | None = None
+
+
 @contextmanager
-def origin_process(profile: str):
-    proc = subprocess.Popen([sys.executable, "-m", "rangestream.testing.origin", "--profile", profile, "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
+def origin_process(profile: str, tls: bool = False):
+    argv = [sys.executable, "-m", "rangestream.testing.origin", "--profile", profile, "--port", "0"]
+    proc = subprocess.Popen([*argv, "--tls"] if tls else argv, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().strip()
         if not line.startswith("listening on "):
             raise RuntimeError(f"origin did not start: {line!r}")
-        yield line.removeprefix("listening on ")
+        base = OriginURL(line.removeprefix("listening on "))
+        if tls:
+            ca = proc.stdout.readline().strip()
+            if not ca.startswith("ca-cert "):
+                raise RuntimeError(f"origin printed no CA file: {ca!r}")
+            base.ca = ca.removeprefix("ca-cert ")
+        yield base
     finally:
         proc.terminate()
         try:

@@ -92,6 +92,7 @@ class Ctx:
     url: str
     out: str  # the file to write (kind "file")
     splits: int  # parts under 10 MB: ceil(size / 9.5 MB)
+    ca: str | None = None  # --https: the origin's CA (PEM) for the tool to trust
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class Tool:
     install: str
     argv: Callable[[Ctx], list[str]] | None = None
     window: int | str | None = None  # kind "engine"
+    # --https: how the tool trusts the origin's CA: argv added after the executable, "argv" (its
+    # argv function reads Ctx.ca), "env" (SSL_CERT_FILE, read by OpenSSL's and rustls-native-certs'
+    # default paths), or None: it cannot trust a CA file (rows skipped with `no_ca`, the reason).
+    ca_args: Callable[[str], list[str]] | str | None = "env"
+    no_ca: str = ""
 
 
 def aria2c(n: int) -> Tool:
@@ -111,7 +117,8 @@ def aria2c(n: int) -> Tool:
                 lambda c: [c.exe, "-x", str(n), "-s", str(n), "-k", "1M", "--file-allocation=none",
                            "--allow-overwrite=true", "--auto-file-renaming=false", "--max-tries=20",
                            "--retry-wait=1", "--timeout=5", "--connect-timeout=5", "-q",
-                           "-d", os.path.dirname(c.out), "-o", os.path.basename(c.out), c.url])
+                           "-d", os.path.dirname(c.out), "-o", os.path.basename(c.out), c.url],
+                ca_args=lambda ca: [f"--ca-certificate={ca}"])
 
 
 def py_peer(key: str, label: str, *opts: str) -> Tool:
@@ -122,7 +129,9 @@ def py_peer(key: str, label: str, *opts: str) -> Tool:
 
 def rs_cli(label: str, kind: str, tail: Callable[[Ctx], list[str]]) -> Tool:
     return Tool("rangestream-cli", label, kind, "rangestream", f"{VENV_BIN / 'pip'} install -e .",
-                lambda c: [c.exe, "get", c.url, "--window", "auto", *tail(c)])
+                lambda c: [c.exe, "get", c.url, "--window", "auto", *(["--cacert", c.ca] if c.ca else []),
+                           *tail(c)],
+                ca_args="argv")
 
 
 def rs_engine(window: int | str) -> Tool:
@@ -130,13 +139,17 @@ def rs_engine(window: int | str) -> Tool:
 
 
 TOOLS: list[Tool] = [
-    Tool("curl", "curl (one request)", "stdout", "curl", "apt-get install -y curl", lambda c: [c.exe, "-s", c.url]),
+    Tool("curl", "curl (one request)", "stdout", "curl", "apt-get install -y curl", lambda c: [c.exe, "-s", c.url],
+         ca_args=lambda ca: ["--cacert", ca]),
     aria2c(1), aria2c(4), aria2c(16),
     Tool("yt-dlp", "yt-dlp --http-chunk-size 9.5M", "stdout", "yt-dlp", f"{VENV_BIN / 'pip'} install yt-dlp",
          lambda c: [c.exe, "--http-chunk-size", str(CHUNK), "-o", "-", "--no-part", "--quiet",
-                    "--force-generic-extractor", c.url]),
+                    "--force-generic-extractor", c.url],
+         ca_args=None, no_ca="yt-dlp cannot be given a CA file (only --no-check-certificates, which "
+                             "would not verify at all)"),
     Tool("wget2", "wget2 --chunk-size 9.5M (file)", "file", "wget2", "apt-get install -y wget2",
-         lambda c: [c.exe, "-q", "--chunk-size", "9500000", "-O", c.out, c.url]),
+         lambda c: [c.exe, "-q", "--chunk-size", "9500000", "-O", c.out, c.url],
+         ca_args=lambda ca: [f"--ca-certificate={ca}"]),
     py_peer("hf_transfer", "hf_transfer 8 files, 9.5 MB chunks",
             "max_files=8", f"chunk_size={CHUNK}", "parallel_failures=3", "max_retries=5"),
     py_peer("hf_transfer", "hf_transfer as huggingface_hub (100, 10 MiB)",
@@ -149,13 +162,6 @@ TOOLS: list[Tool] = [
     rs_cli("rangestream get -o - (hashed pipe)", "stdout", lambda c: ["-o", "-"]),
     *(rs_engine(w) for w in (1, 2, 4, "auto")),
 ]
-
-# TODO(--https, issue 11 item 3): the emulated origin has no TLS yet (no --tls in
-# rangestream.testing.origin). Once it has, start it with --tls, and make every tool trust its
-# certificate: curl --cacert, wget2 --ca-certificate, aria2c --ca-certificate, yt-dlp
-# --no-check-certificates, rangestream get --cacert, SSL_CERT_FILE for hf_transfer (rustls
-# with native roots: check), an ssl context for parfive/pypdl (aiohttp) in _peer_child.py.
-
 
 def selected(tool: Tool, picks: list[str] | None) -> bool:
     """--tools: a key ("parfive", "rangestream-cli") or the prefix before its dash ("rangestream")."""
@@ -170,10 +176,24 @@ def resolve(needs: str) -> str | None:
     return shutil.which(needs)
 
 
-def run_tool(tool: Tool, url: str, size: int, sha: str, timeout: float) -> Row:
+def with_ca(tool: Tool, argv: list[str], ca: str | None) -> list[str]:
+    """argv trusting the origin's CA (--https): the tool's own flag after the executable, or
+    SSL_CERT_FILE in its environment."""
+    if ca is None or tool.ca_args == "argv":
+        return argv
+    if tool.ca_args == "env":
+        return ["env", f"SSL_CERT_FILE={ca}", *argv]
+    assert callable(tool.ca_args)
+    return [argv[0], *tool.ca_args(ca), *argv[1:]]
+
+
+def run_tool(tool: Tool, url: str, size: int, sha: str, timeout: float, ca: str | None = None) -> Row:
     label = tool.label.format(splits=math.ceil(size / CHUNK))
     if tool.kind == "engine":
-        return run_rangestream_child(label, url, size, sha, tool.window, timeout)
+        return run_rangestream_child(label, url, size, sha, tool.window, timeout, ca)
+    if ca is not None and tool.ca_args is None:
+        print(f"  {label}: skipped over HTTPS: {tool.no_ca}", flush=True)
+        return Row(None, label, tool.key, note=f"HTTPS: {tool.no_ca}")
     exe = resolve(tool.needs)
     if exe is None:
         print(f"  {label}: {tool.needs.removeprefix('py:')} not found: install it with `{tool.install}` "
@@ -181,8 +201,9 @@ def run_tool(tool: Tool, url: str, size: int, sha: str, timeout: float) -> Row:
         return Row(None, label, tool.key, note=f"not installed ({tool.install})")
     tmp = tempfile.mkdtemp(prefix="rangestream-peers-", dir="/tmp")
     try:
-        ctx = Ctx(exe, url, os.path.join(tmp, "obj.bin"), math.ceil(size / CHUNK))
-        argv = tool.argv(ctx)
+        ctx = Ctx(exe, url, os.path.join(tmp, "obj.bin"), math.ceil(size / CHUNK), ca)
+        assert tool.argv is not None
+        argv = with_ca(tool, tool.argv(ctx), ca)
         if "| cat" in label:  # the CLI streaming into a pipe, as `... -o - | cat > FILE` in a shell
             argv = ["sh", "-c", f"{shlex.join(argv)} | cat > {shlex.quote(ctx.out)}"]
         res = (run_command(label, argv, size, sha, timeout) if tool.kind == "stdout"
@@ -204,8 +225,9 @@ def default_max_buffer(window: int | str, window_max: int | None = None) -> int:
 
 async def child(spec: dict) -> None:
     window = spec["window"]
+    extra = {"cacert": spec["ca"]} if spec.get("ca") else {}
     res, stream = await run_rangestream(spec["label"], spec["url"], spec["size"], spec["sha"],
-                                        chunk_size=CHUNK, window=window)
+                                        chunk_size=CHUNK, window=window, **extra)
     stats = getattr(stream, "stats", None)
     out = {"seconds": res.seconds, "cpu": res.cpu, "ok": res.ok,
            "retries": getattr(stats, "retries", None), "window_max": getattr(stats, "window_max", None),
@@ -213,8 +235,9 @@ async def child(spec: dict) -> None:
     print(json.dumps(out), flush=True)
 
 
-def run_rangestream_child(label: str, url: str, size: int, sha: str, window: int | str, timeout: float) -> Row:
-    spec = {"label": label, "url": url, "size": size, "sha": sha, "window": window}
+def run_rangestream_child(label: str, url: str, size: int, sha: str, window: int | str, timeout: float,
+                          ca: str | None = None) -> Row:
+    spec = {"label": label, "url": url, "size": size, "sha": sha, "window": window, "ca": ca}
     key = "rangestream-engine"
     with tempfile.TemporaryFile(mode="w+") as out, \
             measured([sys.executable, __file__, "--child", json.dumps(spec)], timeout, stdout=out) as (_, wait):
@@ -234,18 +257,20 @@ def run_rangestream_child(label: str, url: str, size: int, sha: str, window: int
 
 # --- one profile ------------------------------------------------------------------------------
 
-def bench_profile(profile: str, size: int, timeout: float, picks: list[str] | None) -> list[Row]:
+def bench_profile(profile: str, size: int, timeout: float, picks: list[str] | None,
+                  https: bool = False) -> list[Row]:
     prof = PROFILES[profile]
     name = f"peers-{profile}"
-    print(f"\n[{profile}] hashing the expected object ({size / 1e6:.0f} MB)...", flush=True)
+    print(f"\n[{profile}{' over HTTPS' if https else ''}] hashing the expected object ({size / 1e6:.0f} MB)...",
+          flush=True)
     sha = expected_sha256(name, size)
     rows: list[Row] = []
-    with origin_process(profile) as base:
+    with origin_process(profile, tls=https) as base:
         url = f"{base}/data/{name}/{size}.bin"
         for tool in TOOLS:
             if not selected(tool, picks):
                 continue
-            row = run_tool(tool, url, size, sha, timeout)
+            row = run_tool(tool, url, size, sha, timeout, base.ca)
             if row.res is not None:
                 verdict = "ok" if row.res.ok else "-" if row.timed_out else "BAD"
                 print(f"  {row.label:{W}} {row.res.seconds:7.2f} s  {verdict}  {row.note}", flush=True)
@@ -308,9 +333,9 @@ def met(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
 
 
-def verdicts(results: dict[str, tuple[object, int, list[Row]]]) -> None:
+def verdicts(results: dict[str, tuple[object, int, list[Row]]], https: bool = False) -> None:
     """Issue 11's targets, as ratios within this run."""
-    print("\n== targets (issue 11)")
+    print("\n== targets (issue 11)" + (" over HTTPS" if https else ""))
     for profile, (prof, size, rows) in results.items():
         limit = link_limit(prof, size)
         clis = [r for r in rows if r.key == "rangestream-cli" and r.res is not None]
@@ -330,6 +355,14 @@ def verdicts(results: dict[str, tuple[object, int, list[Row]]]) -> None:
             print("[lossy] peers byte-exact: " + ", ".join(f"{p.label} {'ok' if p.res.ok else 'no'}" for p in peers))
         wget2 = done(rows, "wget2")
         cli_file = done(rows, "rangestream get -o FILE")
+        curl = done(rows, "curl")
+        if https and limit is None and curl:
+            for r in clis:
+                if r.res is None or not r.res.ok:
+                    continue
+                t, c = r.res.mbps / curl.res.mbps, r.res.cpu_per_gb / curl.res.cpu_per_gb
+                print(f"[{profile} https] {r.label} at {t:.2f}x curl's MB/s (target >= 1) and {c:.2f}x its "
+                      f"CPU per GB (target <= 1.3): {met(t >= 1 and c <= 1.3)}")
         if limit is None and wget2 and cli_file:
             t = cli_file.res.mbps / wget2.res.mbps
             c = cli_file.res.cpu_per_gb / wget2.res.cpu_per_gb
@@ -353,15 +386,14 @@ def main() -> None:
     ap.add_argument("--tools", help=f"comma-separated subset: {', '.join(keys)}, or rangestream for both "
                                     "of its kinds (default: all)")
     ap.add_argument("--https", action="store_true",
-                    help="TODO: not implemented until the emulated origin serves TLS (issue 11 item 3)")
+                    help="the origin serves HTTPS (TLS 1.3, a CA made at start-up) and each tool is told to "
+                         "trust that CA (curl --cacert, wget2/aria2c --ca-certificate, rangestream --cacert, "
+                         "SSL_CERT_FILE for the Python libraries); tools that cannot trust a CA are skipped")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         asyncio.run(child(json.loads(args.child)))
         return
-    if args.https:
-        ap.error("--https is a TODO: the emulated origin (rangestream.testing.origin) has no TLS yet; "
-                 "see the TODO above TOOLS in benchmarks/peers.py")
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     for p in profiles:
         if p not in PROFILES:
@@ -375,8 +407,8 @@ def main() -> None:
     for p in profiles:
         prof = PROFILES[p]
         size = parse_size(args.big if prof.link_rate is None and prof.rate is None else args.size)
-        results[p] = (prof, size, bench_profile(p, size, args.timeout, picks))
-    verdicts(results)
+        results[p] = (prof, size, bench_profile(p, size, args.timeout, picks, args.https))
+    verdicts(results, args.https)
 
 
 if __name__ == "__main__":
