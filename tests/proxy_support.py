@@ -6,12 +6,15 @@ own ``source`` address (127.0.0.2, 127.0.0.3, ...), so an origin can tell which 
 request came through. ``await proxy.set_mode(...)`` makes it fail on demand:
 
 - ``"refuse"``: stops listening (connections are refused); ``"ok"`` listens again on the same port;
+  ``await proxy.kill()`` also cuts the connections already open through it;
 - ``"407"``: answers HTTP 407 (SOCKS5: no acceptable method) to every request;
 - ``"reset"``: resets every connection as soon as it is accepted.
 
 :class:`SourceOrigin` is a tiny Range-capable aiohttp origin that records each request's
 source address (``request.remote``) and answers a bot check (403, "Sign in to confirm
-you're not a bot") to requests from the addresses in ``bot_check_from``.
+you're not a bot") to requests from the addresses in ``bot_check_from`` (or, with
+``bot_check_after[address] = n``, to that address's requests after its first ``n``);
+``gate`` (an ``asyncio.Event``) holds every request until it is set.
 """
 
 from __future__ import annotations
@@ -69,6 +72,13 @@ class LoopbackProxy:
             await self.start()
         self.mode = mode
 
+    async def kill(self) -> None:
+        """Die: refuse new connections and cut every connection open through it (tunnels too)."""
+        await self.set_mode("refuse")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -92,6 +102,8 @@ class LoopbackProxy:
             else:
                 await self._http(first, reader, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass
+        except asyncio.CancelledError:  # kill() or close(): the connection ends here, quietly
             pass
         finally:
             writer.close()
@@ -236,13 +248,22 @@ class SourceOrigin:
         self.body = body
         self.remotes: list[str] = []
         self.bot_check_from: set[str] = set()
+        # source address -> requests answered normally before that source meets bot checks
+        self.bot_check_after: dict[str, int] = {}
+        self.gate: asyncio.Event | None = None  # when set to an unset Event, requests wait for it
         self.url = ""
         self._runner: web.AppRunner | None = None
+
+    def sources(self) -> set[str]:
+        return set(self.remotes)
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         remote = request.remote or ""
         self.remotes.append(remote)
-        if remote in self.bot_check_from:
+        if self.gate is not None:
+            await self.gate.wait()
+        after = self.bot_check_after.get(remote)
+        if remote in self.bot_check_from or (after is not None and self.remotes.count(remote) > after):
             return web.Response(status=403, text=BOT_CHECK_BODY)
         start, stop = _range(request.headers.get("Range"), len(self.body))
         if (start, stop) == (0, len(self.body)) and "Range" not in request.headers:

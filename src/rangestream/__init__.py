@@ -24,6 +24,7 @@ from .errors import (
 )
 from .muxer import MuxResult, mux, mux_urls
 from .plan import DEFAULT_CHUNK_SIZE, ByteRange
+from .proxypool import NoProxyAvailableError, ProxyListError, ProxyPool
 from .retry import Retry, Timeouts
 
 __version__ = "0.1.0"
@@ -48,6 +49,9 @@ __all__ = [
     "TransientError",
     "TLSError",
     "ProxyError",
+    "ProxyPool",
+    "ProxyListError",
+    "NoProxyAvailableError",
     "TooManyRedirectsError",
     "MuxError",
     "mux",

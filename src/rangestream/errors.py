@@ -141,11 +141,15 @@ class TooManyRedirectsError(StreamError):
 
 
 class TransientError(RangestreamError):
-    """One attempt failed in a way worth retrying. ``retry_after`` is the server's hint, in seconds."""
+    """One attempt failed in a way worth retrying. ``retry_after`` is the server's hint, in seconds.
+    ``proxy_failed``: the proxy itself failed before the request reached the server (refused,
+    reset on connect, a SOCKS or CONNECT failure); a proxy pool moves the download elsewhere."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None,
+                 proxy_failed: bool = False) -> None:
         self.retry_after = retry_after
         self.status = status
+        self.proxy_failed = proxy_failed
         super().__init__(message)
 
 

@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-from .errors import RangestreamError
+from .errors import ProxyError, RangestreamError
 from .redact import redact_text, redact_url
 
 __all__ = [
@@ -75,9 +75,10 @@ class ProxyListError(RangestreamError, ValueError):
         super().__init__(prefix + message)
 
 
-class NoProxyAvailableError(RangestreamError):
-    """No proxy could be leased: every proxy is quarantined (or already left by this
-    download), or none had a free slot within the wait timeout."""
+class NoProxyAvailableError(ProxyError):
+    """No proxy could be leased: every proxy is quarantined, cooling down or already left by
+    this download, or none had a free slot within the wait timeout. A :class:`ProxyError`
+    (the command line's proxy exit code, 7)."""
 
 
 # --- entries -----------------------------------------------------------------------------
@@ -460,6 +461,12 @@ class Lease:
         self._proxy: Proxy | None = None
         self.tried: list[Proxy] = []
         self.moves: list[tuple[str, str]] = []  # (label left, reason)
+        self._moving = asyncio.Lock()
+        self._left: set[Proxy] = set()  # proxies this download left (since it last progressed)
+
+    @property
+    def pool(self) -> ProxyPool:
+        return self._pool
 
     @property
     def proxy(self) -> Proxy:
@@ -492,6 +499,38 @@ class Lease:
         if self._proxy not in self.tried:
             self.tried.append(self._proxy)
         return self._proxy
+
+    async def leave(self, proxy: Proxy, reason: str, *, bot_check: bool = False,
+                    progressed: bool = False) -> Proxy:
+        """``proxy`` failed (or met a bot check) for this download: count it once and move to
+        a healthy proxy this download has not left yet (``progressed``: bytes arrived since the
+        last move, so the proxies left before get another chance).
+
+        Several streams of one download (a video and an audio) may meet the same failure at
+        once; only the first reports and moves, the others find the lease already on another
+        proxy and continue there. Raises :class:`NoProxyAvailableError` when no such proxy is
+        healthy (waiting for a cooldown would stall the download for its length)."""
+        async with self._moving:
+            if self._proxy is not proxy:
+                return self.proxy  # another stream of this download moved already
+            if bot_check:
+                self._pool.record_bot_check(proxy)
+            else:
+                self._pool.record_failure(proxy)
+            if progressed:
+                self._left.clear()
+            self._left.add(proxy)
+            self._proxy = None
+            await self._pool._release(proxy)
+            self.moves.append((proxy.label, redact_text(reason)))
+            if not any(self._pool.state(p) == "healthy" for p in self._pool.proxies if p not in self._left):
+                raise NoProxyAvailableError(f"no usable proxy left for this download after {proxy.label} "
+                                            f"failed: {redact_text(reason)} ({self._pool._summary()})")
+            log.info("moving a download off proxy %s: %s", proxy.label, redact_text(reason))
+            self._proxy = await self._pool._acquire(self._left, self.tried, self._timeout)
+            if self._proxy not in self.tried:
+                self.tried.append(self._proxy)
+            return self._proxy
 
     def __repr__(self) -> str:
         held = self._proxy.label if self._proxy is not None else None

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 from .errors import RangestreamError
 from .plan import size_from_url, url_param
+from .proxypool import Lease, is_bot_check
 from .redact import redact_text, redact_url
 
 __all__ = [
@@ -82,12 +83,16 @@ Extractor = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 class ResolveError(RangestreamError):
     """A page could not be resolved into stream URLs. ``status``: the HTTP status
-    behind it, if any; ``network``: a connection failure or timeout."""
+    behind it, if any; ``network``: a connection failure or timeout; ``bot_check``: the
+    site took the client for a bot ("Sign in to confirm you're not a bot"), judged on
+    yt-dlp's own error when it was raised."""
 
-    def __init__(self, message: str, *, status: int | None = None, network: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None, network: bool = False,
+                 bot_check: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.network = network
+        self.bot_check = bot_check
 
 
 class ResolverUnavailable(ResolveError):
@@ -341,7 +346,8 @@ def _resolve_error(page_url: str, e: Exception) -> ResolveError:
             network = True
         cause = getattr(cause, "cause", None) or cause.__cause__
     return ResolveError(f"cannot resolve {redact_url(page_url)}: {_redact_text(message)}",
-                        status=status, network=network and status is None)
+                        status=status, network=network and status is None,
+                        bot_check=is_bot_check(None, message))
 
 
 # -- the resolver ------------------------------------------------------------------------------
@@ -357,10 +363,13 @@ class Resolver:
     ``extract``: a blocking ``(page_url, options) -> info dict`` to use instead
     of yt-dlp's ``extract_info`` (another extractor, or a test double).
     ``extractions`` counts the extractions made.
+    ``proxy`` may be a proxy pool's :class:`~rangestream.proxypool.Lease` (one download's
+    proxy): each extraction goes through the proxy it holds then, and a bot check counts on
+    that proxy and moves the lease to the next one before extracting again.
     """
 
     def __init__(self, format: str | None = None, *, max_height: int | None = None,
-                 cache_seconds: float = 10.0, proxy: str | None = None,
+                 cache_seconds: float = 10.0, proxy: str | Lease | None = None,
                  cookies_file: str | os.PathLike[str] | None = None,
                  ydl_options: Mapping[str, Any] | None = None, extract: Extractor | None = None,
                  timeout: float = 120.0) -> None:
@@ -377,7 +386,8 @@ class Resolver:
             "logger": _YdlLogger(),
             "socket_timeout": 30,
         }
-        if proxy:
+        self._lease = proxy if isinstance(proxy, Lease) else None
+        if isinstance(proxy, str) and proxy:
             self._options["proxy"] = proxy
         if cookies_file:
             self._options["cookiefile"] = os.fspath(cookies_file)
@@ -396,10 +406,25 @@ class Resolver:
             return await self._extract_now(page_url)
 
     async def _extract_now(self, page_url: str) -> Resolution:
+        lease = self._lease
+        if lease is None:
+            return await self._extract_via(page_url, self._options)
+        for _ in range(2 * len(lease.pool.proxies) + 1):  # each proxy meeting a bot check, twice: give up
+            proxy = lease.proxy
+            try:
+                return await self._extract_via(page_url, {**self._options, "proxy": proxy.url})
+            except ResolveError as e:
+                if not e.bot_check:
+                    raise
+                log.warning("%s; resolving again through another proxy", e)
+                await lease.leave(proxy, str(e), bot_check=True)
+        raise ResolveError(f"cannot resolve {redact_url(page_url)}: every proxy met a bot check", bot_check=True)
+
+    async def _extract_via(self, page_url: str, options: dict[str, Any]) -> Resolution:
         self.extractions += 1
         log.debug("resolving %s with yt-dlp (format %s)", redact_url(page_url), self.selector)
         try:
-            info = await asyncio.wait_for(asyncio.to_thread(self._extract, page_url, self._options), self.timeout)
+            info = await asyncio.wait_for(asyncio.to_thread(self._extract, page_url, options), self.timeout)
         except TimeoutError:
             raise ResolveError(f"cannot resolve {redact_url(page_url)}: no answer within {self.timeout:.0f} s",
                                network=True) from None
@@ -407,7 +432,7 @@ class Resolver:
             raise
         except Exception as e:  # noqa: BLE001 - a user's extractor, or yt-dlp failing unexpectedly
             raise ResolveError(f"cannot resolve {redact_url(page_url)}: {type(e).__name__}: "
-                               f"{_redact_text(str(e))}") from e
+                               f"{_redact_text(str(e))}", bot_check=is_bot_check(None, str(e))) from e
         res = _resolution(page_url, info)
         self._cache[page_url] = res
         return res

@@ -198,12 +198,15 @@ class AiohttpTransport:
         except aiohttp.ClientHttpProxyError as e:
             if e.status == 407:
                 raise proxy_auth_failed(self._proxy) from None
-            raise TransientError(f"request failed: {_describe(e)}{via_proxy(self._proxy)}") from e
+            raise TransientError(f"request failed: {_describe(e)}{via_proxy(self._proxy)}",
+                                 proxy_failed=_proxy_failed(e, self._proxy)) from e
         except (aiohttp.ClientError, OSError, EOFError) as e:
-            raise TransientError(f"request failed: {_describe(e)}{via_proxy(self._proxy)}") from e
+            raise TransientError(f"request failed: {_describe(e)}{via_proxy(self._proxy)}",
+                                 proxy_failed=_proxy_failed(e, self._proxy)) from e
         except Exception as e:
             if _is_proxy_error(e):  # aiohttp-socks: proxy unreachable, refused, failed auth, timeout
-                raise TransientError(f"request failed: {_describe(e)}{via_proxy(self._proxy)}") from e
+                raise TransientError(f"request failed: {_describe(e)}{via_proxy(self._proxy)}",
+                                     proxy_failed=_proxy_failed(e, self._proxy)) from e
             raise
 
     async def aclose(self) -> None:
@@ -261,6 +264,26 @@ def _is_proxy_error(e: BaseException) -> bool:
     return isinstance(e, (aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError,
                           aiohttp_socks.ProxyTimeoutError, socks_errors.ProxyException,
                           socks_errors.IncompleteReadError))
+
+
+# SOCKS5 replies that say the proxy worked but the target did not answer (network or host
+# unreachable, connection refused, TTL expired): the server's fault, not the proxy's.
+_SOCKS_TARGET_CODES = frozenset({3, 4, 5, 6})
+# A CONNECT answered 502/504: the proxy reports the server unreachable.
+_CONNECT_TARGET_STATUSES = frozenset({502, 504})
+
+
+def _proxy_failed(e: BaseException, proxy: str | None) -> bool:
+    """Whether a failure before the response headers is the proxy's own (unreachable, refused,
+    reset on connect, a failed SOCKS or CONNECT handshake) rather than the server's. Through a
+    proxy every connection the pool makes is to the proxy, so a connection-level failure is its."""
+    if not proxy:
+        return False
+    if isinstance(e, aiohttp.ClientHttpProxyError):
+        return e.status not in _CONNECT_TARGET_STATUSES
+    if _is_proxy_error(e):
+        return getattr(e, "error_code", None) not in _SOCKS_TARGET_CODES
+    return isinstance(e, (aiohttp.ClientConnectionError, OSError, EOFError))
 
 
 def _describe(e: BaseException) -> str:

@@ -99,6 +99,9 @@ _PROXY_SCHEMES = {"http": "http", "https": "https",
                   # As AiohttpTransport: SOCKS5 always resolves names at the proxy.
                   "socks5": "socks5h", "socks5h": "socks5h", "socks4": "socks4", "socks4a": "socks4a"}
 _INVALID_URL_CODES = frozenset({CurlECode.UNSUPPORTED_PROTOCOL, CurlECode.URL_MALFORMAT})
+# Before any response through a proxy: the proxy unreachable, refusing, or cutting the connection.
+_PROXY_CODES = frozenset({CurlECode.PROXY, CurlECode.COULDNT_CONNECT, CurlECode.COULDNT_RESOLVE_PROXY,
+                          CurlECode.RECV_ERROR, CurlECode.SEND_ERROR, CurlECode.GOT_NOTHING})
 # The server's certificate is not trusted (or not the one pinned): retrying cannot help.
 _CERT_CODES = frozenset({CurlECode.PEER_FAILED_VERIFICATION, CurlECode.SSL_PINNEDPUBKEYNOTMATCH,
                          CurlECode.SSL_INVALIDCERTSTATUS, CurlECode.SSL_ISSUER_ERROR})
@@ -487,6 +490,8 @@ class CurlTransport:
             return TransientError(f"connection lost mid-body ({reason})")
         if code == CurlECode.OPERATION_TIMEDOUT:
             return TransientError(f"timed out waiting for the server{via_proxy(self._proxy)}")
+        if self._proxy and code in _PROXY_CODES:  # through a proxy, every connection made is to it
+            return TransientError(f"request failed: {reason}{via_proxy(self._proxy)}", proxy_failed=True)
         if code == CurlECode.COULDNT_CONNECT:
             try:
                 parts = urlsplit(url)
