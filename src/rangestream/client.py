@@ -135,7 +135,7 @@ class Client:
         :class:`~rangestream.proxypool.NoProxyAvailableError` at once when no proxy is usable."""
         if self.pool is None:
             raise ValueError("lease() needs a client with proxies=")
-        return _checked_lease(self.pool)
+        return checked_lease(self.pool)
 
     async def __aenter__(self) -> Client:
         return self
@@ -189,7 +189,9 @@ class _CheckedLease(Lease):
         return await super().__aenter__()
 
 
-def _checked_lease(pool: ProxyPool) -> Lease:
+def checked_lease(pool: ProxyPool) -> Lease:
+    """``pool.lease()``, but entering it raises :class:`NoProxyAvailableError` at once when no
+    proxy is healthy (instead of waiting out a cooldown); a full pool is still waited for."""
     return _CheckedLease(pool, pool.wait_timeout)
 
 
@@ -283,7 +285,7 @@ class PooledStream:
         assert client.pool is not None
         self._client, self._pool = client, client.pool
         self._url = url
-        self._lease, self._own = lease, None if lease is not None else _checked_lease(client.pool)
+        self._lease, self._own = lease, None if lease is not None else checked_lease(client.pool)
         self._headers = headers
         ranges = options.pop("ranges", None)
         self._left: list[list[int | None]] = [[a, b] for a, b in ranges] if ranges is not None else [[0, None]]

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from .args import apply_env, build_parser, refresh_hook
 from .exits import EXIT_CODES, EXIT_USAGE, PROG, UsageError
+from .proxies import with_proxy_pool
 from .runner import Context, execute
 from .serve import PASSTHROUGH
 from .ui import Display, Summary, make_console
@@ -61,7 +62,7 @@ def _network_command(runner: Runner) -> Callable[[argparse.Namespace, Display, S
         except UsageError as e:
             display.error(str(e))
             return EXIT_USAGE
-        return execute(args, display, summary, runner)
+        return execute(args, display, summary, with_proxy_pool(runner))  # --proxy-file: a lease per job
 
     return command
 

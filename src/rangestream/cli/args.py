@@ -18,6 +18,8 @@ from ..errors import (
 from ..plan import DEFAULT_CHUNK_SIZE, parse_size
 from ..redact import redact_text, redact_url
 from .exits import EXIT_CODES, PROG, UsageError
+from .proxies import add_pool_arguments
+from .proxies import client_options as pool_client_options
 from .ui import MB, Display
 
 if TYPE_CHECKING:
@@ -203,6 +205,8 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["range_mode"] = args.range_mode
     if getattr(args, "_refresh", None) is not None:
         opts["refresh"] = args._refresh
+    if getattr(args, "_lease", None) is not None:
+        opts["lease"] = args._lease  # --proxy-file: this job's proxy, for all its streams
     if getattr(args, "_headers", None):
         opts["headers"] = dict(args._headers)
     return opts
@@ -224,6 +228,7 @@ def make_client(args: argparse.Namespace) -> Client:
         kw["cacert"] = args.cacert
     if getattr(args, "insecure", False):
         kw["insecure"] = True
+    kw.update(pool_client_options(args))  # --proxy-file: the pool and this job's lease
     try:
         return Client(**kw)
     except (InvalidURLError, ValueError) as e:
@@ -328,6 +333,7 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refresh-command", metavar="CMD",
                    help="shell command that prints a fresh URL when the CDN says the URL expired (401/403), "
                         "e.g. 'yt-dlp -g -f 137 https://youtu.be/ID'; the old one is in $RANGESTREAM_EXPIRED_URL")
+    add_pool_arguments(p)
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:

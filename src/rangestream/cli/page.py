@@ -12,6 +12,7 @@ from .args import stream_options
 from .download import get_url
 from .exits import EXIT_OK, PROG
 from .mux import container_of, mux_into
+from .proxies import resolver_proxy
 from .runner import Context
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ async def run_get_page(ctx: Context, page_url: str) -> int:
     from ..refresh import Resolver, output_name
 
     args, display, summary = ctx.args, ctx.display, ctx.summary
-    resolver = Resolver(args.ytdl_format, max_height=args.max_height, proxy=args.proxy,
+    resolver = Resolver(args.ytdl_format, max_height=args.max_height, proxy=resolver_proxy(args),
                         cookies_file=args.cookies)
     display.note(f"{PROG}: resolving {redact_url(page_url)} with yt-dlp")
     res = await resolver.resolve(page_url)

@@ -1,0 +1,124 @@
+"""``--proxy-file FILE`` and its companions for ``get`` and ``mux``: a pool of proxies, and one
+lease from it for the whole job (the page resolution and every stream of the download).
+
+The flags build a :class:`~rangestream.ProxyPool`; a file that cannot be used is a usage error
+(exit 2, the line named, never its text: it may hold a password); no usable proxy ends the job
+with the proxy exit code (7). ``serve`` takes the same flags (``rangestream.service.main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .exits import UsageError
+
+if TYPE_CHECKING:
+    from ..proxypool import Lease, ProxyPool
+    from .runner import Context
+
+ENV_FILE = "RANGESTREAM_PROXY_FILE"
+Runner = Callable[["Context"], Awaitable[int]]
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= n < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return n
+
+
+def add_pool_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("proxy pool")
+    g.add_argument("--proxy-file", metavar="FILE",
+                   help="proxies to rotate over, one a line (URLs with credentials, or host:port[:user:pass] "
+                        f"records; '#' comments; ${ENV_FILE}): each download keeps one proxy from start to end "
+                        "and moves to the next healthy one if it dies or meets a bot check")
+    g.add_argument("--max-per-proxy", type=_count, default=2, metavar="N",
+                   help="downloads in flight per proxy (default 2); more wait for a free one")
+    g.add_argument("--proxy-cooldown", type=_seconds, default=1800.0, metavar="SECONDS",
+                   help="rest after 3 connection failures in a row (default 1800)")
+    g.add_argument("--quarantine-after", type=_count, default=5, metavar="N",
+                   help="bot checks in a row that take a proxy out for good (default 5)")
+    g.add_argument("--proxy-quarantine", metavar="FILE",
+                   help="quarantined proxies are appended here as host:port (never credentials); "
+                        "those listed are skipped at start-up")
+
+
+def build_pool(args: argparse.Namespace) -> ProxyPool | None:
+    """The pool the flags describe (None without --proxy-file); bad input is a usage error."""
+    from ..proxypool import ProxyListError, ProxyPool
+
+    path = getattr(args, "proxy_file", None) or os.environ.get(ENV_FILE) or None
+    if path is None:
+        return None
+    if getattr(args, "proxy", None):
+        raise UsageError("--proxy and --proxy-file (or $RANGESTREAM_PROXY_FILE) exclude each other: "
+                         "give one proxy or a pool")
+    try:
+        return ProxyPool.from_file(path, max_per_proxy=args.max_per_proxy, cooldown=args.proxy_cooldown,
+                                   quarantine_after=args.quarantine_after, quarantine_file=args.proxy_quarantine)
+    except (ProxyListError, ValueError) as e:
+        raise UsageError(f"--proxy-file: {e}") from None
+
+
+def with_proxy_pool(runner: Runner) -> Runner:
+    """``runner`` holding one lease of the flags' pool for the whole job (if there is a pool)."""
+
+    async def run(ctx: Context) -> int:
+        pool = build_pool(ctx.args)
+        if pool is None:
+            return await runner(ctx)
+        ctx.args._proxy_pool = pool
+        async with job_lease(ctx.args):
+            return await runner(ctx)
+
+    return run
+
+
+@contextlib.asynccontextmanager
+async def job_lease(args: argparse.Namespace) -> AsyncIterator[Lease | None]:
+    """One job's lease (``args._lease``, read by ``stream_options`` and the page resolver) while
+    the block runs; nothing without a pool. A batch takes one per job (on each job's args)."""
+    from ..client import checked_lease
+
+    pool = getattr(args, "_proxy_pool", None)
+    if pool is None:
+        yield None
+        return
+    async with checked_lease(pool) as lease:
+        args._lease = lease
+        try:
+            yield lease
+        finally:
+            args._lease = None
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``make_client`` adds for a pool (``stream_options`` adds the job's lease)."""
+    pool = getattr(args, "_proxy_pool", None)
+    if pool is None:
+        return {}
+    return {"proxies": pool, "proxy": None}
+
+
+def resolver_proxy(args: argparse.Namespace) -> str | Lease | None:
+    """What the page resolver goes through: the job's lease, or --proxy."""
+    lease: Lease | None = getattr(args, "_lease", None)
+    return lease if lease is not None else args.proxy
