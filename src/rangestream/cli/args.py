@@ -17,7 +17,7 @@ from ..errors import (
 )
 from ..plan import DEFAULT_CHUNK_SIZE, parse_size
 from ..redact import redact_text, redact_url
-from .exits import EXIT_CODES, PROG, UsageError
+from .exits import BATCH_EXIT_RULE, EXIT_CODES, PROG, UsageError
 from .proxies import add_pool_arguments
 from .proxies import client_options as pool_client_options
 from .ui import MB, Display
@@ -106,6 +106,17 @@ def _window_arg(text: str) -> int | str:
 
 def _max_window_arg(text: str) -> int:
     return _int_in(text, 1, MAX_WINDOW, "not an integer: {text}", f"must be 1..{MAX_WINDOW}, not {{n}}")
+
+
+MAX_CONNECTIONS = 256
+
+
+def _connections_arg(text: str) -> int:
+    return _int_in(text, 1, MAX_CONNECTIONS, "not an integer: {text}", f"must be 1..{MAX_CONNECTIONS}, not {{n}}")
+
+
+def _jobs_arg(text: str) -> int:
+    return _int_in(text, 1, 64, "not an integer: {text}", "must be 1..64, not {n}")
 
 
 def _count_arg(text: str) -> int:
@@ -197,8 +208,11 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
         "retry": Retry(attempts=args.retries, backoff=args.backoff),
         "timeouts": Timeouts(request=args.timeout, idle=args.idle_timeout, prefetch=args.prefetch_timeout),
     }
+    share = getattr(args, "_connections", None) or getattr(args, "max_connections", None)
     if args.window == "auto":
-        opts["ceiling"] = args.max_window
+        opts["ceiling"] = min(args.max_window, share) if share else args.max_window
+    elif share and args.window > share:
+        opts["window"] = share  # the --max-connections budget is shared by the running downloads
     if args.max_buffer is not None:
         opts["max_buffer"] = args.max_buffer
     if args.range_mode != "header":
@@ -212,11 +226,13 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def make_client(args: argparse.Namespace) -> Client:
+def make_client(args: argparse.Namespace, *, limit_per_host: int = 0) -> Client:
     """The engine's Client from the flags; configuration it refuses is a usage error (exit 2)."""
     from ..client import Client
 
     kw: dict[str, Any] = {"headers": dict(args.header or []), "proxy": args.proxy}
+    if limit_per_host:
+        kw["limit_per_host"] = limit_per_host
     if getattr(args, "cookies", None):
         kw["cookies_file"] = args.cookies
     if getattr(args, "requests_per_second", None):
@@ -270,7 +286,7 @@ def refresh_hook(command: str | None, display: Display) -> Callable[[str], Await
 
 
 def _epilog() -> str:
-    codes = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+    codes = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()) + f"\n  {BATCH_EXIT_RULE}"
     env = "\n".join(f"  {name:<24}{text}" for name, text in ENV_VARS.items())
     return (f"exit codes:\n{codes}\n\nenvironment:\n{env}\n\n"
             "examples:\n"
@@ -296,6 +312,9 @@ def _network_options(p: argparse.ArgumentParser) -> None:
                         "auto = adapt to the link (default auto; $RANGESTREAM_WINDOW)")
     g.add_argument("--max-window", type=_max_window_arg, default=8, metavar="N",
                    help=f"the most requests --window auto may use (1..{MAX_WINDOW}, default 8)")
+    g.add_argument("--max-connections", type=_connections_arg, default=16, metavar="N",
+                   help=f"connections open at once across every download of this command (1..{MAX_CONNECTIONS}, "
+                        "default 16): each running download's window gets its share")
     g.add_argument("--max-buffer", type=_size_arg, metavar="SIZE",
                    help="bytes chunks after the current one may read ahead (default: the engine's choice)")
     g.add_argument("--range-mode", choices=["header", "query"], default="header",
@@ -381,10 +400,13 @@ def _get_parser(sub: Any) -> argparse.ArgumentParser:
         description="Download URL to FILE (via FILE.part and a sidecar FILE.part.json; run again after a "
                     "crash, Ctrl-C or a network loss to resume) or, with -o -, stream it to stdout in order.",
         epilog=_epilog())
-    get.add_argument("url", metavar="URL")
-    get.add_argument("-o", "--output", metavar="FILE|-",
-                     help="where to save; '-' streams to stdout; a directory keeps the URL's name "
+    get.add_argument("urls", metavar="URL", nargs="*", help="one or more URLs (or -i FILE)")
+    get.add_argument("-o", "--output", metavar="FILE|DIR/|TEMPLATE|-",
+                     help="where to save; '-' streams to stdout; a directory (DIR/) keeps the URL's name; a "
+                          "template like '%%(title)s.%%(ext)s' names each file from yt-dlp's fields (title, id, "
+                          "ext, playlist_index...; for a direct URL, title and id are its file name) "
                           "(default: the last part of the URL's path)")
+    _batch_options(get)
     get.add_argument("--force", action="store_true",
                      help="download again even if FILE exists (it is replaced only once the new copy is "
                           "complete); ignore a FILE.part; allow binary output to a terminal")
@@ -407,6 +429,24 @@ def _get_parser(sub: Any) -> argparse.ArgumentParser:
     _network_options(get)
     _output_options(get)
     return get
+
+
+def _batch_options(get: argparse.ArgumentParser) -> None:
+    g = get.add_argument_group(
+        "several downloads",
+        "Several URLs download at once, sharing one connection pool, --requests-per-second and the "
+        "--max-connections budget; each resumes on its own (its FILE.part and sidecar). One failing download "
+        "never stops the others: the exit code is the highest of the failed ones' codes (see exit codes), "
+        "and the summary names each failed URL and why.")
+    g.add_argument("-i", "--input-file", metavar="FILE",
+                   help="read URLs from FILE ('-' for stdin): one a line; blank lines and '#' comments skipped")
+    g.add_argument("-j", "--jobs", type=_jobs_arg, default=3, metavar="N",
+                   help="downloads at once (1..64, default 3)")
+    g.add_argument("--download-archive", metavar="FILE",
+                   help="skip URLs (or a page's video id) listed in FILE, without a request; append each "
+                        "completed download to it (several runs may share it)")
+    g.add_argument("--playlist-items", metavar="SPEC",
+                   help="of a playlist or channel page, only these entries: 1-5,8,12- (1-based)")
 
 
 def _mux_parser(sub: Any) -> argparse.ArgumentParser:

@@ -34,9 +34,9 @@ from ..output import (
     url_identity,
 )
 from ..redact import redact_url
-from .args import make_client, stream_options
+from .args import stream_options
 from .exits import EXIT_OK, PROG, Interrupted, UsageError, is_broken_pipe
-from .runner import Context
+from .runner import Context, client_for
 from .ui import summary_line, ticking
 
 if TYPE_CHECKING:
@@ -44,14 +44,21 @@ if TYPE_CHECKING:
     from ..engine import Stream
 
 
-async def get_url(ctx: Context, url: str, default_name: str) -> int:
+ORDERED_GATHER = 1 << 20  # bytes the in-order writer gathers while its previous write is pending
+
+
+async def get_url(ctx: Context, url: str, default_name: str, fields: dict[str, object] | None = None) -> int:
+    """``url`` into ``-o`` (a file, a directory, a template filled from ``fields``, stdout)."""
     args = ctx.args
     if args.output == "-":
         check_stdout(args)
         return await _get_stdout(ctx, url)
-    out = args.output or safe_file_name(default_name)
-    if os.path.isdir(out):
-        out = os.path.join(out, safe_file_name(default_name, directory=out))
+    if ctx.place is not None:
+        out = ctx.place(fields or {}, default_name)
+    else:
+        out = args.output or safe_file_name(default_name)
+        if os.path.isdir(out):
+            out = os.path.join(out, safe_file_name(default_name, directory=out))
     ctx.summary.output = out
     if is_stream_target(out):
         return await _get_device(ctx, url, out)
@@ -90,13 +97,15 @@ async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
     summary.output = output
     ctx.ordered_output = output
     writer = StdoutWriter(fd)
+    # Gather little while a write is pending: what the writer holds hides a slow reader from
+    # the stream (its auto window grows and reads ahead for nothing) and adds to the memory.
+    writer.LIMIT = ORDERED_GATHER
     label = "stdout" if output == "-" else os.path.basename(output)
     hasher = hashlib.sha256() if args.sha256 else None
     started = time.monotonic()
-    client = make_client(args)
     stream = None
     try:
-        async with client:
+        async with client_for(ctx) as client:
             stream = client.open_stream(url, **stream_options(args))
             async with stream:
                 summary.size = stream.size
@@ -145,6 +154,24 @@ async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
 
 async def _get_file(ctx: Context, url: str, out: str) -> int:
     args, display, summary = ctx.args, ctx.display, ctx.summary
+    await download_file(ctx, url, out)
+    if summary.extra.get("skipped"):
+        return EXIT_OK
+    if args.sha256:
+        summary.sha256 = await asyncio.to_thread(sha256_file, out)
+    if not args.json:
+        display.note(summary_line(summary))
+    if summary.sha256:
+        display.note(f"sha256 {summary.sha256}  {out}")
+    return EXIT_OK
+
+
+async def download_file(ctx: Context, url: str, out: str, opts: dict[str, Any] | None = None, *,
+                        keep_part: bool = False) -> None:
+    """``url`` into ``out`` through ``out.part`` and its sidecar, resuming what they hold;
+    ``opts``: the stream options (default: from the flags). ``summary.ok`` once ``out`` is whole;
+    with ``keep_part`` the complete ``out.part`` and its sidecar stay (a mux input, read from there)."""
+    args, display, summary = ctx.args, ctx.display, ctx.summary
     part = PartFile(out, url=url, chunk_size=args.chunk_size)
     refuse_unsafe_part(part.path)
     if os.path.exists(out) and not os.path.lexists(part.path) and not args.force:
@@ -155,7 +182,7 @@ async def _get_file(ctx: Context, url: str, out: str) -> int:
         summary.ok, summary.output = True, out
         summary.size = os.path.getsize(out)
         summary.extra["skipped"] = "exists"
-        return EXIT_OK
+        return
 
     state, why_not = (None, None) if args.force else _resume_state(part, url)
     if args.force and os.path.lexists(part.path):
@@ -164,11 +191,10 @@ async def _get_file(ctx: Context, url: str, out: str) -> int:
         display.warn(f"cannot resume {part.path}: {why_not}; starting over")
         summary.restarted = why_not
     started = time.monotonic()
-    client = make_client(args)
     try:
-        async with client:
+        async with client_for(ctx) as client:
             for _attempt in range(2):
-                restart = await _download_into(ctx, client, url, part, state)
+                restart = await _download_into(ctx, client, url, part, state, opts, keep_part)
                 if restart is None:
                     break
                 display.warn(f"cannot resume {part.path}: {restart}; starting over")
@@ -185,13 +211,6 @@ async def _get_file(ctx: Context, url: str, out: str) -> int:
         part.shutdown()
     summary.seconds = time.monotonic() - started
     summary.ok = True
-    if args.sha256:
-        summary.sha256 = await asyncio.to_thread(sha256_file, out)
-    if not args.json:
-        display.note(summary_line(summary))
-    if summary.sha256:
-        display.note(f"sha256 {summary.sha256}  {out}")
-    return EXIT_OK
 
 
 def _after_failure(ctx: Context, part: PartFile, e: BaseException) -> None:
@@ -250,9 +269,10 @@ def _validators_mismatch(state: SidecarState, current: dict[str, Any]) -> str | 
 
 
 async def _download_into(ctx: Context, client: Client, url: str, part: PartFile,
-                         state: SidecarState | None) -> str | None:
+                         state: SidecarState | None, base_opts: dict[str, Any] | None,
+                         keep_part: bool = False) -> str | None:
     """One pass. Returns None when FILE is complete, or the reason a resume must start over."""
-    opts = stream_options(ctx.args)
+    opts = dict(base_opts) if base_opts is not None else stream_options(ctx.args)
     if state is not None:
         why = _open_for_resume(ctx, part, state, opts)
         if why is not None:
@@ -271,7 +291,7 @@ async def _download_into(ctx: Context, client: Client, url: str, part: PartFile,
                 return f"the object changed on the server since it was started ({e.reason})"
             raise
         try:
-            return await _fill(ctx, stream, part, state)
+            return await _fill(ctx, stream, part, state, keep_part)
         finally:
             await stream.__aexit__(None, None, None)
     finally:
@@ -312,7 +332,8 @@ def _open_for_resume(ctx: Context, part: PartFile, state: SidecarState, opts: di
     return None
 
 
-async def _fill(ctx: Context, stream: Stream, part: PartFile, state: SidecarState | None) -> str | None:
+async def _fill(ctx: Context, stream: Stream, part: PartFile, state: SidecarState | None,
+                keep_part: bool = False) -> str | None:
     """The pieces written into FILE.part as they arrive, then FILE.part renamed to FILE; or the
     reason a resume must start over (the object is no longer the one the sidecar describes)."""
     display, summary = ctx.display, ctx.summary
@@ -352,5 +373,9 @@ async def _fill(ctx: Context, stream: Stream, part: PartFile, state: SidecarStat
     if part.size is not None and not part.spans.covers(part.size):
         raise RangestreamError(f"internal error: the download ended with bytes missing "
                                f"({part.spans.as_list()[:4]}...)")
-    part.finish()
+    if keep_part:
+        part.checkpoint_now()  # every byte listed: a later run only confirms the object and reads it
+        part.close()
+    else:
+        part.finish()
     return None

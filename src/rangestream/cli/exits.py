@@ -73,6 +73,16 @@ EXIT_CODES = {
 }
 
 
+BATCH_EXIT_RULE = ("several downloads (several URLs, -i FILE, a playlist): the exit code is the highest "
+                   "of the failed downloads' codes (7 > 6 > 5 > 4 > 3 > 2 > 1), 0 when every one was saved "
+                   "or skipped; 130/143 when interrupted")
+
+
+def worst_code(codes: list[int]) -> int:
+    """The exit code of several downloads: the highest of the failed ones' (BATCH_EXIT_RULE)."""
+    return max((c for c in codes if c != EXIT_OK), default=EXIT_OK)
+
+
 class UsageError(Exception):
     """A bad flag value or URL found after argparse: exit 2."""
 

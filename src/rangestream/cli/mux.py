@@ -14,10 +14,10 @@ from ..errors import (
 )
 from ..output import human_bytes, is_stream_target, local_io_error, open_locked, open_stream_target, sha256_file
 from ..redact import redact_url
-from .args import check_url, make_client, stream_options
+from .args import check_url, stream_options
 from .download import check_stdout
 from .exits import EXIT_OK, PROG, UsageError
-from .runner import Context
+from .runner import Context, client_for
 from .ui import summary_line, ticking
 
 if TYPE_CHECKING:
@@ -51,9 +51,31 @@ def container_of(path: str) -> str | None:
     return _CONTAINERS.get(os.path.splitext(path)[1].lower())
 
 
+def _share_connections(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Each input gets half of this download's --max-connections share."""
+    share = getattr(ctx.args, "_connections", None) or getattr(ctx.args, "max_connections", None)
+    if not share:
+        return
+    half = max(1, share // len(inputs))
+    for _, _, opts in inputs:
+        if "ceiling" in opts:
+            opts["ceiling"] = min(opts["ceiling"], half)
+        elif isinstance(opts.get("window"), int):
+            opts["window"] = min(opts["window"], half)
+
+
 async def mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], out: str, fmt: str) -> int:
     """Fetch the (video, audio) inputs, each ``(name, url, stream options)``, and mux them into
-    ``out`` (via ``out.part``, renamed when complete) or stdout (``-``)."""
+    ``out``: a file through resumable parts (``muxfiles``), or on the fly into stdout (``-``), a
+    device or a FIFO."""
+    inputs = [(name, url, dict(opts)) for name, url, opts in inputs]
+    _share_connections(ctx, inputs)
+    if out != "-" and not is_stream_target(out):
+        from .muxfiles import mux_via_parts
+
+        result = await mux_via_parts(ctx, inputs, out, fmt)
+        await _report(ctx, result, out)
+        return EXIT_OK
     display, summary = ctx.display, ctx.summary
     part = out + ".part"
     sink, part_file = await _open_sink(ctx, out, part)
@@ -105,8 +127,7 @@ async def _fetch_and_mux(ctx: Context, inputs: list[tuple[str, str, dict[str, An
     from ..muxer import mux as mux_streams  # PyAV loads only for this subcommand
 
     display = ctx.display
-    client = make_client(ctx.args)
-    async with client, contextlib.AsyncExitStack() as stack:
+    async with client_for(ctx) as client, contextlib.AsyncExitStack() as stack:
         for name, url, opts in inputs:
             try:
                 streams[name] = await stack.enter_async_context(client.open_stream(url, **opts))

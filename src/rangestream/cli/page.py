@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..refresh import StreamFormat
 
 
-async def run_get_page(ctx: Context, page_url: str) -> int:
+async def run_get_page(ctx: Context, page_url: str, fields: dict[str, object] | None = None) -> int:
     """``get`` of a page URL: yt-dlp picks the format(s); one is downloaded like any URL, a
     video+audio pair is muxed into one file. Expired stream URLs are re-resolved from the page."""
     from ..headers import merge_headers
@@ -48,20 +48,23 @@ async def run_get_page(ctx: Context, page_url: str) -> int:
         summary.url = redact_url(f.url)
         opts = options_for(f)
         args._refresh, args._headers = opts["refresh"], opts.get("headers")
-        return await get_url(ctx, f.url, output_name(res.title, f.ext, res.id or "download"))
+        return await get_url(ctx, f.url, output_name(res.title, f.ext, res.id or "download"),
+                             {"title": res.title, "id": res.id, **(fields or {}), "ext": f.ext})
 
     video, audio = res.formats
     summary.url = redact_url(video.url)
     summary.extra["audio_url"] = redact_url(audio.url)
     out = args.output
-    container = container_of(out) if out and out != "-" else None
-    if container is None:
-        container = res.ext if res.ext in ("mp4", "webm", "mkv") else "mkv"
+    container = res.ext if res.ext in ("mp4", "webm", "mkv") else "mkv"
     if out != "-":
         name = output_name(res.title, container, res.id or "download")
-        out = out or safe_file_name(name)
-        if os.path.isdir(out):
-            out = os.path.join(out, safe_file_name(name, directory=out))
+        if ctx.place is not None:
+            out = ctx.place({"title": res.title, "id": res.id, **(fields or {}), "ext": container}, name)
+        else:
+            out = out or safe_file_name(name)
+            if os.path.isdir(out):
+                out = os.path.join(out, safe_file_name(name, directory=out))
+        container = container_of(out) or container
         if os.path.exists(out) and not args.force and not is_stream_target(out):
             display.note(f"{out} already exists ({human_bytes(os.path.getsize(out))}); nothing to do "
                          f"(--force downloads it again)")

@@ -10,13 +10,18 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..output import silence_stdout
 from ..redact import redact_text
+from .args import make_client
 from .exits import EXIT_BROKEN_PIPE, EXIT_FAILURE, PROG, Interrupted, classify, is_broken_pipe
 from .ui import Display, Summary, setup_logging, write_json_summary
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 
 @dataclass
@@ -27,6 +32,18 @@ class Context:
     interrupt_note: str | None = None
     hint: str | None = None
     ordered_output: str | None = None  # "-" or a device/FIFO path, written in order
+    client: Client | None = None  # shared by every download of the command (one pool, one pacing)
+    place: Callable[[dict[str, object], str], str] | None = None  # (template fields, default name) -> path
+
+
+@contextlib.asynccontextmanager
+async def client_for(ctx: Context) -> AsyncIterator[Client]:
+    """The command's shared client, or one of this download's own (closed when it ends)."""
+    if ctx.client is not None:
+        yield ctx.client
+        return
+    async with make_client(ctx.args) as client:
+        yield client
 
 
 async def _guarded(fn: Callable[[], Awaitable[int]]) -> int:

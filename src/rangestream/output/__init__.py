@@ -8,8 +8,9 @@ possibly tampered with: FILE.part is never opened through a symlink, the sidecar
 through a fresh temporary file, and nothing a sidecar says is used before it is validated.
 """
 
+from .archive import DownloadArchive
 from .errors import LocalIOError, human_bytes, local_io_error
-from .names import default_output_name, name_max, safe_file_name
+from .names import default_output_name, is_template, name_max, render_template, safe_file_name
 from .ordered import StdoutWriter, is_stream_target, open_stream_target, silence_stdout
 from .partfile import CHECKPOINT_EVERY, PartFile, open_locked, open_part_fd, refuse_unsafe_part, sha256_file
 from .sidecar import (
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_SIDECAR_SPANS",
     "SIDECAR_SUFFIX",
     "SIDECAR_VERSION",
+    "DownloadArchive",
     "LocalIOError",
     "PartFile",
     "SidecarInvalid",
@@ -40,6 +42,7 @@ __all__ = [
     "default_output_name",
     "human_bytes",
     "is_stream_target",
+    "is_template",
     "local_io_error",
     "name_max",
     "open_locked",
@@ -47,6 +50,7 @@ __all__ = [
     "open_stream_target",
     "read_sidecar",
     "refuse_unsafe_part",
+    "render_template",
     "safe_file_name",
     "sha256_file",
     "silence_stdout",

@@ -48,3 +48,28 @@ def safe_file_name(name: str, fallback: str = "download", directory: str = ".") 
         stem, ext = name, ""
     stem = stem.encode()[: limit - len(ext.encode())].decode("utf-8", errors="ignore").rstrip()
     return (stem or fallback[:16]) + ext
+
+
+def is_template(output: str | None) -> bool:
+    """``-o '%(title)s.%(ext)s'``: yt-dlp's output template syntax."""
+    return output is not None and "%(" in output
+
+
+class _Fields(dict[str, object]):
+    def __missing__(self, key: str) -> str:
+        return "NA"  # as yt-dlp fills a field it does not have
+
+
+def render_template(template: str, fields: dict[str, object]) -> str:
+    """``template`` filled from ``fields`` (yt-dlp's field names: title, id, ext, playlist_index...).
+    Every value is made a safe file name first, so a title cannot add a directory or a control
+    character; the template's own ``/`` are the user's directories. ValueError if it is malformed."""
+    safe = _Fields({k: v if isinstance(v, int) and not isinstance(v, bool) else safe_file_name(str(v), "NA")
+                    for k, v in fields.items() if v is not None and v != ""})
+    try:
+        path = template % safe
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"bad output template {template!r}: {e}") from None
+    if not path or path.endswith("/") or os.path.basename(path) in (".", ".."):
+        raise ValueError(f"the output template {template!r} gives no file name ({path!r})")
+    return path

@@ -1,0 +1,202 @@
+"""Several downloads in one command (issue 13): URLs and -i FILE, -j, one shared client and a
+connection budget, output directories and templates, --download-archive, playlists, progress,
+Ctrl-C, and failures that never stop the other downloads. Real subprocesses against the
+emulated CDN on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from rangestream.testing.origin import Origin
+from test_cli import _env, last_json, run, start
+
+MB = 1_000_000
+
+
+def peak_connections(origin: Origin, since: int = 0) -> int:
+    """The most connections the origin had at once: each client port is one connection, open
+    at least from its first request's start to its last request's end."""
+    spans: dict[str, list[float]] = {}
+    for rec in origin.log[since:]:
+        end = rec.end if rec.end is not None else time.monotonic()
+        span = spans.setdefault(rec.peer, [rec.start, end])
+        span[0], span[1] = min(span[0], rec.start), max(span[1], end)
+    events = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+async def test_urls_and_input_file_share_one_client_and_the_connection_budget(origin, tmp_path):
+    size = 2 * MB
+    urls = [origin.url(size, f"b{i}", rate=2_000_000) for i in range(4)]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two more\n\n{urls[2]}\n   \n{urls[3]}\n# {urls[0]} again\n{urls[0]}\n")
+    rc, _, err = await run("get", urls[0], urls[1], "-i", str(listing), "-o", "dl/", "-j", "4",
+                           "--max-connections", "6", "--window", "auto", "--chunk-size", "128K", "--json",
+                           cwd=tmp_path)
+    assert rc == 0, err
+    files = sorted(p.name for p in (tmp_path / "dl").iterdir())
+    assert files == ["2000000.1.bin", "2000000.2.bin", "2000000.3.bin", "2000000.bin"]
+    lines = [json.loads(line) for line in err.strip().splitlines() if line.startswith("{")]
+    jobs, summary = lines[:-1], lines[-1]
+    assert len(jobs) == 4 and all(j["ok"] and j["exit_code"] == 0 for j in jobs)
+    for j in jobs:  # each job's file holds its own URL's bytes, in the order the URLs were given
+        name = next(f"b{i}" for i in range(4) if f"/b{i}/" in j["url"])
+        assert Path(tmp_path / j["output"]).read_bytes() == origin.content(name, size)
+    assert {j["job"] for j in jobs} == {"1/4", "2/4", "3/4", "4/4"}
+    assert summary["jobs"] == 4 and summary["done"] == 4 and summary["failed"] == 0 and summary["ok"]
+    assert summary["bytes"] == 4 * size
+    peak = peak_connections(origin)
+    assert 3 <= peak <= 6, peak  # downloads ran at once, never beyond the budget
+
+
+async def test_one_failing_url_never_stops_the_others_and_the_worst_code_wins(origin, tmp_path):
+    size = 600_000
+    good = [origin.url(size, f"g{i}") for i in range(2)]
+    missing = origin.base_url + "/gone/file.bin?sig=topsecret123"
+    refused = "http://127.0.0.1:1/nothing.bin"
+    rc, _, err = await run("get", good[0], missing, refused, good[1], "-o", "out/", "--retries", "0",
+                           "--chunk-size", "128K", cwd=tmp_path)
+    assert rc == 4, err  # 404 (4) is worse than a refused connection (3)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["600000.1.bin", "600000.bin"]
+    assert (tmp_path / "out" / "600000.bin").read_bytes() == origin.content("g0", size)
+    assert (tmp_path / "out" / "600000.1.bin").read_bytes() == origin.content("g1", size)
+    failed = [line for line in err.splitlines() if line.startswith("rangestream: error: failed: ")]
+    assert len(failed) == 2 and any("/gone/file.bin" in f and "not found" in f for f in failed)
+    assert any("127.0.0.1:1/nothing.bin" in f for f in failed)
+    assert "topsecret123" not in err
+    assert "2 saved, 0 skipped, 2 failed of 4" in err
+
+
+async def test_output_template_and_a_single_file_for_several_urls(origin, tmp_path):
+    urls = [origin.url(1000, "same"), origin.url(1000, "other"), origin.url(2000, "same")]
+    rc, _, err = await run("get", *urls, "-o", "t/%(title)s-%(id)s.%(ext)s", "--quiet", cwd=tmp_path)
+    assert rc == 0, err
+    names = sorted(p.name for p in (tmp_path / "t").iterdir())
+    assert names == ["1000-1000.1.bin", "1000-1000.bin", "2000-2000.bin"]
+    assert (tmp_path / "t" / "1000-1000.bin").read_bytes() == origin.content("same", 1000)
+    assert (tmp_path / "t" / "1000-1000.1.bin").read_bytes() == origin.content("other", 1000)
+    # -o FILE (or -o -) cannot hold several downloads: refused before any request.
+    before = len(origin.log)
+    for out in ("one.bin", "-"):
+        rc, _, err = await run("get", *urls, "-o", out, cwd=tmp_path)
+        assert rc == 2 and "several URLs" in err, err
+    assert len(origin.log) == before
+
+
+async def test_download_archive_skips_without_a_request_and_appends_safely(origin, tmp_path):
+    urls = [origin.url(300_000, f"a{i}") for i in range(3)]
+    archive = tmp_path / "seen.txt"
+    rc, _, err = await run("get", *urls[:2], "-o", "d/", "--download-archive", str(archive), cwd=tmp_path)
+    assert rc == 0, err
+    assert sorted(archive.read_text().splitlines()) == sorted(urls[:2])
+    for p in (tmp_path / "d").iterdir():
+        p.unlink()  # not skipped because the files exist: skipped by the archive
+    before = len(origin.log)
+    rc, _, err = await run("get", *urls[:2], "-o", "d/", "--download-archive", str(archive), "--json",
+                           cwd=tmp_path)
+    assert rc == 0, err
+    assert len(origin.log) == before  # no request reached the origin
+    assert last_json(err)["skipped"] == 2 and list((tmp_path / "d").iterdir()) == []
+    # Several runs appending at once: every line whole, none lost.
+    more = [origin.url(1000 + i, f"c{i}") for i in range(6)]
+    results = await asyncio.gather(*(run("get", u, "-o", f"p{i}.bin", "--download-archive", str(archive),
+                                         "--quiet", cwd=tmp_path) for i, u in enumerate(more)))
+    assert all(rc == 0 for rc, _, _ in results), results
+    assert sorted(archive.read_text().splitlines()) == sorted(urls[:2] + more)
+
+
+class Feed:
+    """An RSS feed next to the emulated CDN: yt-dlp's generic extractor lists its items."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.items, self.url, self.hits = items, "", 0
+
+    async def _feed(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        body = "".join(f"<item><title>{t}</title><link>{u.replace('&', '&amp;')}</link></item>"
+                       for t, u in self.items)
+        return web.Response(text=f'<?xml version="1.0"?><rss version="2.0"><channel><title>My list</title>'
+                                 f"{body}</channel></rss>", content_type="application/rss+xml")
+
+    async def __aenter__(self) -> Feed:
+        app = web.Application()
+        app.router.add_get("/feed.xml", self._feed)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/feed.xml"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+async def test_playlist_entries_become_jobs_selected_by_playlist_items(origin, tmp_path):
+    pytest.importorskip("yt_dlp")
+    data = {f"e{i}": bytes([i]) * (50_000 + i) for i in range(1, 5)}
+    urls = [origin.add_object(name, body, "video/mp4") for name, body in data.items()]
+    async with Feed([(f"Episode {i}", u) for i, u in enumerate(urls, 1)]) as feed:
+        args = ("get", "--resolve", feed.url, "--playlist-items", "1,3-", "-o", "%(playlist_index)s %(title)s.%(ext)s",
+                "--download-archive", "seen.txt", "--json")
+        rc, _, err = await run(*args, cwd=tmp_path, timeout=60)
+        assert rc == 0, err
+        assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".mp4") == [
+            "1 Episode 1.mp4", "3 Episode 3.mp4", "4 Episode 4.mp4"]
+        assert (tmp_path / "3 Episode 3.mp4").read_bytes() == data["e3"]
+        assert last_json(err)["jobs"] == 3
+        assert not any(r.path == "/media/e2" for r in origin.log)  # entry 2 not selected, never fetched
+        before = len(origin.log)
+        rc, _, err = await run(*args, cwd=tmp_path, timeout=60)
+    assert rc == 0, err
+    assert len(origin.log) == before and last_json(err)["skipped"] == 3  # the archive: no origin request
+
+
+async def test_progress_total_line_on_a_terminal_and_plain_off_it(origin, tmp_path):
+    urls = [origin.url(1_500_000, f"p{i}", rate=3_000_000) for i in range(3)]
+    rc, _, err = await run("get", *urls, "-o", "r/", "--chunk-size", "256K", cwd=tmp_path,
+                           env=_env(TTY_COMPATIBLE="1", COLUMNS="150"))
+    assert rc == 0, err
+    assert "total" in err and "0/3 done, 0 failed" in err and "[1/3]" in err  # rich: a line per job + total
+    rc, _, err = await run("get", *urls, "-o", "plain/", "--chunk-size", "256K", cwd=tmp_path)
+    assert rc == 0, err
+    assert "\x1b[" not in err and "Done: 3 saved, 0 skipped, 0 failed of 3" in err
+
+
+async def test_ctrl_c_stops_every_job_and_saves_every_sidecar(origin, tmp_path):
+    size = 2 * MB
+    names = [f"s{i}" for i in range(3)]
+    slow = [origin.url(size, n, rate=300_000) for n in names]
+    proc = await start("get", *slow, "-o", "c/", "-j", "3", "--chunk-size", "64K", "--window", "2", cwd=tmp_path)
+    sidecars = [tmp_path / "c" / f"{size}{'' if i == 0 else f'.{i}'}.bin.part.json" for i in range(3)]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not all(
+            s.exists() and json.loads(s.read_text() or "{}").get("bytes_done", 0) > 0 for s in sidecars):
+        assert proc.returncode is None
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "3 partial downloads saved" in err
+    for s in sidecars:
+        assert json.loads(s.read_text())["bytes_done"] > 0
+    assert not any(p.suffix == ".bin" for p in (tmp_path / "c").iterdir())
+    # The same command at full speed resumes all three.
+    fast = [origin.url(size, n) for n in names]
+    rc, _, err = await run("get", *fast, "-o", "c/", cwd=tmp_path)
+    assert rc == 0, err
+    assert err.count("Resuming") == 3
+    assert (tmp_path / "c" / f"{size}.bin").read_bytes() == origin.content("s0", size)
+    assert sorted(os.listdir(tmp_path / "c")) == [f"{size}.1.bin", f"{size}.2.bin", f"{size}.bin"]
