@@ -12,16 +12,21 @@ import argparse
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .exits import UsageError
 
 if TYPE_CHECKING:
     from ..proxypool import Lease, ProxyPool
-    from .runner import Context
 
 ENV_FILE = "RANGESTREAM_PROXY_FILE"
-Runner = Callable[["Context"], Awaitable[int]]
+
+
+class _Job(Protocol):  # runner.Context, named by what is used (runner imports args, which imports us)
+    args: argparse.Namespace
+
+
+J = TypeVar("J", bound=_Job)
 
 
 def _count(text: str) -> int:
@@ -78,10 +83,10 @@ def build_pool(args: argparse.Namespace) -> ProxyPool | None:
         raise UsageError(f"--proxy-file: {e}") from None
 
 
-def with_proxy_pool(runner: Runner) -> Runner:
+def with_proxy_pool(runner: Callable[[J], Awaitable[int]]) -> Callable[[J], Awaitable[int]]:
     """``runner`` holding one lease of the flags' pool for the whole job (if there is a pool)."""
 
-    async def run(ctx: Context) -> int:
+    async def run(ctx: J) -> int:
         pool = build_pool(ctx.args)
         if pool is None:
             return await runner(ctx)

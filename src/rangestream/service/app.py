@@ -40,9 +40,12 @@ def make_app(options: ServerOptions | None = None) -> web.Application:
     app[STATE] = state
 
     async def client_ctx(app: web.Application) -> AsyncIterator[None]:
-        transport = GuardedTransport(state.guard)
         defaults = {"window": "auto", "max_buffer": options.read_ahead, **dict(options.stream_options)}
-        state.client = Client(transport=transport, **defaults)
+        if options.proxies is not None:  # one guarded transport per proxy of the pool
+            state.client = Client(proxies=options.proxies, **defaults,
+                                  transport_factory=lambda proxy: GuardedTransport(state.guard, proxy=proxy))
+        else:
+            state.client = Client(transport=GuardedTransport(state.guard), **defaults)
         try:
             yield
         finally:
@@ -76,12 +79,19 @@ async def _healthz(request: web.Request) -> web.Response:
     if state.draining:
         return web.json_response({"status": "draining", "active_streams": state.active, "worker": os.getpid()},
                                  status=503, headers={"Cache-Control": "no-store"})
+    pool = state.options.proxies
+    if pool is not None and not pool.usable:  # every proxy cooling or quarantined: nothing can be fetched
+        return web.json_response({"status": "no usable proxy", "active_streams": state.active,
+                                  "worker": os.getpid()}, status=503, headers={"Cache-Control": "no-store"})
     return web.json_response({"status": "ok", "active_streams": state.active, "worker": os.getpid()},
                              headers={"Cache-Control": "no-store"})
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body, ctype = request.app[STATE].metrics.exposition()
+    state = request.app[STATE]
+    if state.options.proxies is not None:
+        state.metrics.observe_proxies(state.options.proxies.snapshot())
+    body, ctype = state.metrics.exposition()
     resp = web.Response(body=body, headers={"Cache-Control": "no-store"})
     resp.headers["Content-Type"] = ctype
     return resp

@@ -6,6 +6,8 @@ reports the sum over all of them (prometheus_client's multiprocess mode)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,7 +19,11 @@ from prometheus_client import (
     multiprocess,
 )
 
+if TYPE_CHECKING:
+    from ..proxypool import ProxyStatus
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PROXY_STATES = ("healthy", "cooling", "quarantined")
 TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -31,7 +37,11 @@ class Metrics:
     ``internal``), ``ttfb_seconds`` (histogram: request to first body byte),
     ``refusals_total{reason}`` (requests refused before streaming: ``max_streams``,
     ``per_client``, ``unauthorized``, ``forged``, ``expired``, ``host_header``,
-    ``cross_site``, ``upstream_not_public``, ``upstream_not_allowed``, ``draining``).
+    ``cross_site``, ``upstream_not_public``, ``upstream_not_allowed``, ``draining``,
+    ``no_proxy``). With a proxy pool, per proxy (label ``proxy``: ``host:port``, never
+    credentials): ``proxy_in_flight`` (downloads holding it), ``proxy_failures`` and
+    ``proxy_bot_checks`` (totals), ``proxy_state{state}`` (1 for its state: healthy, cooling,
+    quarantined), read from the pool at each scrape.
     """
 
     def __init__(self) -> None:
@@ -47,6 +57,23 @@ class Metrics:
         self.ttfb = Histogram("rangestream_ttfb_seconds", "Time from request to first body byte",
                               buckets=TTFB_BUCKETS, registry=r)
         self.refusals = Counter("rangestream_refusals", "Requests refused, by reason", ["reason"], registry=r)
+        self.proxy_in_flight = Gauge("rangestream_proxy_in_flight", "Downloads going through each proxy",
+                                     ["proxy"], registry=r, multiprocess_mode="livesum")
+        self.proxy_failures = Gauge("rangestream_proxy_failures", "Connection failures through each proxy",
+                                    ["proxy"], registry=r, multiprocess_mode="livesum")
+        self.proxy_bot_checks = Gauge("rangestream_proxy_bot_checks", "Bot checks met through each proxy",
+                                      ["proxy"], registry=r, multiprocess_mode="livesum")
+        self.proxy_state = Gauge("rangestream_proxy_state", "1 for each proxy's state", ["proxy", "state"],
+                                 registry=r, multiprocess_mode="livemax")
+
+    def observe_proxies(self, statuses: Iterable[ProxyStatus]) -> None:
+        """The pool's per-proxy state now (labels are ``host:port``: no credentials)."""
+        for st in statuses:
+            self.proxy_in_flight.labels(st.label).set(st.in_flight)
+            self.proxy_failures.labels(st.label).set(st.failures)
+            self.proxy_bot_checks.labels(st.label).set(st.bot_checks)
+            for name in PROXY_STATES:
+                self.proxy_state.labels(st.label, name).set(1 if st.state == name else 0)
 
     def add_stream_stats(self, stats: object) -> None:
         """Count what one engine stream did (its ``stats``)."""

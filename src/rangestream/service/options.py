@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..proxypool import ProxyPool
 
 MiB = 1 << 20
 
@@ -19,6 +22,10 @@ class ServerOptions:
     ``loopback_only``: the service listens on loopback only, so a ``Host`` header
     that is not a loopback name or address (or one of ``public_hosts``) is a DNS
     rebinding attempt and refused.
+
+    ``proxies``: a :class:`~rangestream.ProxyPool` every upstream request goes through, one
+    proxy per client request (its probe, streams and page resolution), moving on when it dies
+    or meets a bot check; ``/healthz`` answers 503 while none is usable.
     """
 
     token: str | None = None
@@ -34,6 +41,7 @@ class ServerOptions:
     loopback_only: bool = True
     public_hosts: tuple[str, ...] = ()
     stream_options: Mapping[str, Any] = field(default_factory=dict)
+    proxies: ProxyPool | None = None
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:

@@ -9,13 +9,15 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..client import Client
+from ..client import Client, checked_lease
 from ..engine import Stream
+from ..proxypool import Lease, NoProxyAvailableError
 from . import signing
 from .guard import Guard, UpstreamRefused
 from .metrics import Metrics
@@ -29,6 +31,8 @@ SIGNED_PATHS = frozenset({"/stream", "/mux", "/watch", "/watch/info"})
 # and a fetch's progress (it names the title being fetched).
 API_PATHS = SIGNED_PATHS | {"/metrics", "/watch/progress"}
 OPEN_PATHS = frozenset({"/healthz"})  # for load balancers: never needs a token
+# The proxy lease of the request being handled (its task): every stream it opens goes through it.
+_LEASE: ContextVar[Lease | None] = ContextVar("rangestream_lease", default=None)
 
 
 def _digest(value: str) -> bytes:
@@ -129,7 +133,8 @@ class State:
         self.per_client[who] = self.per_client.get(who, 0) + 1
         self.metrics.active_streams.inc()
         try:
-            yield
+            async with self._lease():
+                yield
         finally:
             self.active -= 1
             self.metrics.active_streams.dec()
@@ -138,6 +143,25 @@ class State:
                 self.per_client[who] = left
             else:
                 del self.per_client[who]
+
+    @contextlib.asynccontextmanager
+    async def _lease(self) -> AsyncIterator[None]:
+        """One proxy of the pool for this request, from its first upstream request to its last."""
+        pool = self.options.proxies
+        if pool is None:
+            yield
+            return
+        try:
+            lease = await checked_lease(pool).__aenter__()
+        except NoProxyAvailableError:
+            raise Reply(503, "no usable upstream proxy; retry later", {"Retry-After": str(self.options.retry_after)},
+                        refusal="no_proxy") from None
+        token = _LEASE.set(lease)
+        try:
+            yield
+        finally:
+            _LEASE.reset(token)
+            await lease.__aexit__(None, None, None)
 
     # -- upstreams -----------------------------------------------------------
 
@@ -165,6 +189,9 @@ class State:
 
     def open_stream(self, url: str, **options: Any) -> Stream:
         assert self.client is not None
+        lease = _LEASE.get()
+        if lease is not None:
+            options["lease"] = lease
         return self.client.open_stream(url, **options)
 
 
