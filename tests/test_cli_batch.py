@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from test_cli import _env, last_json, run, start
 
 from rangestream.testing.origin import Origin
-from test_cli import _env, last_json, run, start
 
 MB = 1_000_000
 

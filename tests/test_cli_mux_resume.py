@@ -12,9 +12,9 @@ from pathlib import Path
 
 import av
 import pytest
+from test_cli import run, start
 
 from rangestream.testing.media import generate_clip
-from test_cli import run, start
 
 CHUNK = 32 * 1024
 

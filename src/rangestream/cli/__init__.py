@@ -12,7 +12,8 @@ errors and ``--json`` go to stderr.
 Layout: ``args`` (parser, value parsers, environment), ``exits`` (exit codes, exception ->
 exit code), ``ui`` (display, summary), ``runner`` (signals, failures -> messages), one module per
 command (``get``, ``mux``, ``page``, ``serve``, ``demo``), each imported only when its command runs;
-files and stdout are ``rangestream.output``'s.
+several downloads: ``jobs``, ``batch``, ``playlist``, ``progress``; a muxed file through resumable
+parts: ``muxfiles``. Files and stdout are ``rangestream.output``'s.
 """
 
 from __future__ import annotations

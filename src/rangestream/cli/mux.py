@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     MuxError,
     RangestreamError,
 )
-from ..output import human_bytes, is_stream_target, local_io_error, open_locked, open_stream_target, sha256_file
+from ..output import human_bytes, is_stream_target, open_stream_target, sha256_file
 from ..redact import redact_url
 from .args import check_url, stream_options
 from .download import check_stdout
@@ -77,26 +77,14 @@ async def mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], 
         await _report(ctx, result, out)
         return EXIT_OK
     display, summary = ctx.display, ctx.summary
-    part = out + ".part"
-    sink, part_file = await _open_sink(ctx, out, part)
+    sink = await _open_sink(ctx, out)
     summary.output = out
     started = time.monotonic()
     streams: dict[str, Any] = {}
     try:
         result = await _fetch_and_mux(ctx, inputs, sink, fmt, streams)
-        if part_file is not None:
-            try:
-                part_file.flush()
-                os.replace(part, out)  # still under our lock
-            except OSError as e:
-                raise local_io_error(e, out, "rename to") from e
-    except BaseException:
-        if part_file is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(part)  # ours: we hold its lock
-        raise
     finally:
-        if sink != "-":  # out.part, or the device/FIFO
+        if sink != "-":  # the device/FIFO
             with contextlib.suppress(OSError):
                 sink.close()
         display.stop()
@@ -108,17 +96,14 @@ async def mux_into(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], 
     return EXIT_OK
 
 
-async def _open_sink(ctx: Context, out: str, part: str) -> tuple[Any, BinaryIO | None]:
-    """Where the muxer writes: ``"-"`` (stdout), a device/FIFO, or ``out.part`` (also returned)."""
+async def _open_sink(ctx: Context, out: str) -> Any:
+    """Where the muxer writes on the fly: ``"-"`` (stdout), or a device/FIFO opened for writing."""
     if out == "-":
         check_stdout(ctx.args)
-        return "-", None
-    if is_stream_target(out):  # a device or FIFO: written in order, no out.part next to it
-        fd = await open_stream_target(out, lambda: ctx.display.note(f"{PROG}: waiting for a reader on {out}"))
-        ctx.ordered_output = out
-        return os.fdopen(fd, "wb"), None
-    part_file = open_locked(part)  # a second run to the same output must not truncate ours
-    return part_file, part_file
+        return "-"
+    fd = await open_stream_target(out, lambda: ctx.display.note(f"{PROG}: waiting for a reader on {out}"))
+    ctx.ordered_output = out
+    return os.fdopen(fd, "wb")
 
 
 async def _fetch_and_mux(ctx: Context, inputs: list[tuple[str, str, dict[str, Any]]], sink: Any, fmt: str,

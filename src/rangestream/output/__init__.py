@@ -1,7 +1,7 @@
 """Where downloaded bytes go, with nothing about the terminal: the spans known to be in FILE.part,
 its sidecar (read, validated, replaced atomically), the part file itself (opened without following
-symlinks, locked, renamed when complete), safe file names, and the in-order writer for stdout,
-devices and FIFOs.
+symlinks, locked, renamed when complete), safe file names and output templates, the download
+archive (appended under a lock), and the in-order writer for stdout, devices and FIFOs.
 
 Everything here treats the directory as possibly shared with someone hostile and the sidecar as
 possibly tampered with: FILE.part is never opened through a symlink, the sidecar is replaced
