@@ -17,9 +17,11 @@ than the bound assumes and checks that the measured peak breaks the bound.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,56 @@ async def test_the_measurement_sees_a_budget_overrun(fast_origin):
     r = await probe(fast_origin, "overrun", chunk_size=CHUNK, window=4, max_buffer=96 * MiB)
     growth = r["peak"] - r["baseline"]
     assert growth > bound(6 * MiB, max(r["connections_max"], 4), urgent=r["splits"]), r
+
+
+# -- the CLI into a slow reader: the auto window must not grow for a consumer that is the limit --
+
+CLI_SIZE = 96 * MiB
+READER_RATE = 32e6  # a reader at half of one connection's rate: one connection is plenty
+CLI_PEAK = 100e6  # issue 11: `get -o -` into a slow reader peaks at <= 100 MB RSS (ARCHITECTURE.md)
+
+
+def _vm_hwm(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+async def test_cli_into_a_slow_reader_keeps_the_auto_window_and_read_ahead_small(tmp_path):
+    # 64 MB/s per connection and a 256 MB/s link: an auto window that measured the link and not
+    # the reader would grow to 8 connections and read (8 - 1) x 9.5 MB ahead of a reader that
+    # takes 32 MB/s. The process is measured itself (its VmHWM while it runs: ru_maxrss would
+    # include what it inherited across exec).
+    async with Origin(Profile(ttfb=0.02, rate=64e6, link_rate=256e6)) as origin:
+        url = origin.url(CLI_SIZE, "slowreader", youtube=True)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rangestream", "get", url, "--window", "auto", "-o", "-", "--quiet",
+            env={k: v for k, v in os.environ.items() if not k.startswith("RANGESTREAM_")},
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        h, n, peak = hashlib.sha256(), 0, 0
+        began: float | None = None
+        try:
+            async with asyncio.timeout(60):
+                while block := await proc.stdout.read(1 << 20):
+                    began = began or time.monotonic()  # paced from the first byte: no catching up on start-up
+                    h.update(block)
+                    n += len(block)
+                    peak = max(peak, _vm_hwm(proc.pid) or 0)  # the high-water mark: polling misses nothing
+                    ahead = n / READER_RATE - (time.monotonic() - began)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+        assert n == CLI_SIZE and h.hexdigest() == origin.sha256("slowreader", CLI_SIZE)
+    assert peak, "never saw the process's VmHWM"
+    assert peak <= CLI_PEAK, f"peak RSS {peak / 1e6:.0f} MB > {CLI_PEAK / 1e6:.0f} MB"

@@ -150,3 +150,54 @@ def test_auto_window_ignores_samples_while_not_every_slot_reads():
     w = AutoWindow(start=2, ceiling=8)
     for i in range(20):
         assert w.observe(i * 0.1, 1e6, reading=1) == 2  # the consumer, not the network, is the limit
+
+
+def test_auto_window_starts_from_the_first_response_on_a_long_round_trip():
+    from rangestream.plan import AutoWindow
+    w = AutoWindow(start=2, ceiling=8)
+    # 200 MB in 9.5 MB chunks, 150 ms to the first byte: open half the ceiling at once
+    assert w.first_response(0.0, 200_000_000, 9_500_000, ttfb=0.15) == 4
+    # ...and slow start still tests the last doubling, giving it back when it does not pay
+    assert w.observe(0.1, 64e6, reading=4) == 8
+    assert w.observe(0.2, 64e6, reading=8) == 4
+
+
+def test_auto_window_start_keeps_the_ramp_when_it_is_cheap_or_cannot_help():
+    from rangestream.plan import AutoWindow
+    assert AutoWindow(start=2, ceiling=8).first_response(0.0, 10**9, 9_500_000, ttfb=0.001) == 2  # short round trip
+    assert AutoWindow(start=2, ceiling=8).first_response(0.0, 3 * 9_500_000, 9_500_000, ttfb=0.2) == 3  # 3 chunks
+    assert AutoWindow(start=2, ceiling=8).first_response(0.0, 1000, 9_500_000, ttfb=0.2) == 1  # one chunk
+    assert AutoWindow(start=2, ceiling=8).first_response(0.0, None, 9_500_000, ttfb=0.2) == 2  # size unknown
+    assert AutoWindow(start=2, ceiling=16).first_response(0.0, 10**9, 9_500_000, ttfb=0.2) == 8
+    pushed = AutoWindow(start=2, ceiling=8)
+    pushed.push_back(0.0)  # the server said 429/503 first: nothing grows
+    assert pushed.first_response(0.1, 10**9, 9_500_000, ttfb=0.2) == 1
+
+
+def test_auto_window_start_from_the_first_response_reaches_the_link_sooner():
+    def ramp(first: bool) -> list[int]:
+        from rangestream.plan import AutoWindow
+        w = AutoWindow(start=2, ceiling=8)
+        if first:
+            w.first_response(0.0, 200_000_000, 9_500_000, ttfb=0.15)
+        sizes = [w.size]  # the window the first response leaves, then one per sample
+        for i in range(1, 20):
+            sizes.append(w.observe(i * 0.1, min(w.size * 16e6, 64e6), reading=w.size))
+        return sizes
+    assert ramp(True).index(4) == 0 < ramp(False).index(4)
+    assert ramp(True)[-1] == ramp(False)[-1] == 4  # the same size in the end: the link's
+
+
+def test_auto_window_shrinks_to_what_a_slow_consumer_needs_and_grows_gently_after():
+    from rangestream.plan import AutoWindow
+    w = AutoWindow(start=8, ceiling=8)
+    # the consumer takes 8 MB/s, one connection gives 16 MB/s: one connection is enough
+    assert w.consumer_bound(1.0, 8e6, 16e6) == 1
+    # a consumer at 40 MB/s needs ceil(40 * 1.25 / 16) = 4, but it never grows here
+    assert w.consumer_bound(1.1, 40e6, 16e6) == 1
+    w2 = AutoWindow(start=8, ceiling=8)
+    assert w2.consumer_bound(1.0, 40e6, 16e6) == 4
+    assert AutoWindow(start=5, ceiling=8).consumer_bound(1.0, 8e6, None) == 4  # no rate known: one fewer
+    # once the network is the limit again, it probes one connection per probe_every, no doubling
+    sizes = [w.observe(2.0 + i * 0.1, w.size * 16e6, reading=w.size) for i in range(40)]
+    assert max(sizes) <= 3 and all(b - a <= 1 for a, b in pairwise(sizes))

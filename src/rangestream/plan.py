@@ -134,20 +134,23 @@ class AutoWindow:
     """Decides the window size from measured aggregate throughput. Pure: the engine
     feeds it samples (time, rate, connections reading) and applies its answer.
 
-    Slow start: the window doubles while doubling still raises the aggregate
+    Start: 2, or what the first response suggests (``first_response``: the size and the
+    round trip). Slow start: the window doubles while doubling still raises the aggregate
     rate by ``gain`` (per-connection caps make that common); when it stops
     paying, it falls back to the best size seen and afterwards probes one more
-    connection every ``probe_every`` seconds. Server push-back (429/503) takes one away.
+    connection every ``probe_every`` seconds. Server push-back (429/503) takes one away;
+    a consumer slower than the link shrinks it to what that consumer needs (``consumer_bound``).
     A sample only counts once the last change has settled (new connections
     need a round trip before their bytes flow) and while every slot of the
     window is actually reading; otherwise it says nothing about the network.
     """
 
     def __init__(self, start: int = 2, ceiling: int = 8, *, gain: float = 1.25,
-                 settle: float = 0.05, probe_every: float = 2.0) -> None:
+                 settle: float = 0.05, probe_every: float = 2.0, headroom: float = 1.25) -> None:
         if not 1 <= start <= ceiling:
             raise ValueError("need 1 <= start <= ceiling")
         self.size = start
+        self.headroom = headroom  # spare rate kept over a slow consumer's (consumer_bound)
         self.ceiling = ceiling
         self.gain = gain
         self.settle = settle
@@ -165,6 +168,24 @@ class AutoWindow:
             self.size = size
             self._changed_at = now
         return self.size
+
+    def first_response(self, now: float, size: int | None, chunk_size: int, ttfb: float) -> int:
+        """The first response came: choose the start from what it told instead of ramping from 2.
+
+        Every slow-start step costs a round trip (new connections have no bytes before it)
+        plus ``settle`` before its sample counts, at a fraction of the link. When the round trip
+        is long against that settle time and the object has the chunks to keep more connections
+        busy, open half the ceiling at once: only the last doubling is still tested (and given
+        back if it did not pay). A short round trip makes the ramp cheap, and an object of a
+        few chunks cannot use more connections than it has chunks. Once the server pushed back
+        (429/503), nothing grows here."""
+        if not self._slow_start or size is None or chunk_size <= 0:
+            return self.size
+        chunks = -(-size // chunk_size)
+        start = self.size
+        if ttfb >= 2 * self.settle:
+            start = max(start, self.ceiling // 2)
+        return self._set(now, max(1, min(start, chunks, self.ceiling)))
 
     def observe(self, now: float, rate: float, reading: int) -> int:
         """One sample: ``rate`` bytes/s over the last interval with ``reading`` bodies in flight."""
@@ -190,6 +211,23 @@ class AutoWindow:
             self._next_probe = now + self.probe_every
             return self._set(now, self.size + 1)
         return self.size
+
+    def consumer_bound(self, now: float, consumer_rate: float, per_connection: float | None) -> int:
+        """The consumer, not the link, is the limit: it leaves bytes waiting while it takes
+        ``consumer_rate`` bytes/s. More connections (and the read-ahead that follows the window)
+        would only hold more memory, so shrink to the connections that rate needs with
+        ``headroom`` (one fewer when no connection's rate is known yet), never grow here. The
+        engine stops feeding ``observe`` while the consumer is the limit, so growth resumes,
+        from the smaller size and one connection per ``probe_every``, only once samples show
+        the network as the limit again."""
+        self._prev = None
+        self._slow_start = False  # afterwards probe one connection at a time, not double
+        self._next_probe = now + self.probe_every
+        if per_connection is None or per_connection <= 0:
+            need = self.size - 1
+        else:
+            need = -(-int(consumer_rate * self.headroom) // max(1, int(per_connection)))
+        return self._set(now, max(1, min(self.size, need)))
 
     def push_back(self, now: float) -> int:
         """The server said 429/503: one connection fewer, no doubling any more, and no

@@ -19,6 +19,9 @@ log = logging.getLogger("rangestream")
 TICK = 0.05
 # Never split a remainder into pieces smaller than this: a new request costs a round trip.
 MIN_SPLIT = 256 << 10
+# The consumer is behind once the head holds this much it has not taken (a consumer waiting
+# for bytes takes each piece as it comes; a momentary lag leaves at most about one piece).
+BACKLOG = 1 << 20
 # A read is stalled once silent for this many times the longest gap its connection has shown...
 GAPS = 4
 # ...and, with no other connection flowing to compare with, for at least this many seconds.
@@ -33,6 +36,8 @@ class Controller:
         self._auto = auto
         # Windows 1 and 2 keep their simple shapes: sequential, and one prefetch.
         self._parallel = auto is not None or window.size_limit > 2
+        self._started = False  # the auto window's start was chosen (from the first response)
+        self._held_since: tuple[float, int] | None = None  # (time, bytes delivered) the consumer became the limit
 
     async def run(self) -> None:
         try:
@@ -47,9 +52,11 @@ class Controller:
         loop = asyncio.get_running_loop()
         last_t, last_bytes = loop.time(), chunks.read_total
         t0 = last_t
+        self._maybe_start(last_t)  # a probe's response may already have come (size unknown at first)
         while (w.order or w.spans) and not w.stopping:
             await asyncio.sleep(TICK)
             now = loop.time()
+            self._maybe_start(now)
             rate = (chunks.read_total - last_bytes) / max(now - last_t, 1e-6)
             last_t, last_bytes = now, chunks.read_total
             self._stats.sample(round(now - t0, 2), round(rate / 1e6, 1), w.size_limit, w.active)
@@ -63,9 +70,49 @@ class Controller:
                     s.ending = (s.range.stop - s.pos) / r < ttfb + TICK
             w.fill()
             if self._auto is not None:
-                reading = sum(1 for s in w.order if s.reading_since is not None and not s.finished)
-                w.resize(self._auto.observe(now, rate, reading))
+                held = self._consumer_bound(now)
+                if held is not None:
+                    w.resize(held)  # never grows while the consumer is the limit
+                else:
+                    reading = sum(1 for s in w.order if s.reading_since is not None and not s.finished)
+                    w.resize(self._auto.observe(now, rate, reading))
             self._maybe_split(now)
+
+    def _maybe_start(self, now: float) -> None:
+        """Once the first response told the size and the round trip: the auto window's start."""
+        auto, w = self._auto, self._window
+        if self._started or auto is None or self._chunks.ttfb is None or not w.size_known.is_set():
+            return
+        self._started = True
+        w.resize(auto.first_response(now, w.size, w.chunk_size, self._chunks.ttfb))
+
+    def _consumer_bound(self, now: float) -> int | None:
+        """The auto window's size while the consumer is the limit, or None when it is not.
+
+        In order, the consumer is the limit when the head holds bytes it does not take (its
+        queue is full, or holds more than ``BACKLOG``); a head still fetching while later
+        chunks fill the budget is a slow server, not a slow consumer. Unordered, the consumer
+        takes any chunk's bytes, so any chunk held back means it is the limit. Held for two
+        ticks, the rate it took meanwhile is its rate (``AutoWindow.consumer_bound``)."""
+        auto, w = self._auto, self._window
+        assert auto is not None
+        running = [s for s in w.order if not s.finished]
+        if w.delivery.head_blocks:
+            head = w.order[0] if w.order else None
+            held = head is not None and (head.gated_since is not None or head.buffered >= BACKLOG)
+        else:
+            held = any(s.gated_since is not None for s in running)
+        if not held:
+            self._held_since = None
+            return None
+        if self._held_since is None:
+            self._held_since = (now, w.delivered)
+        since, delivered = self._held_since
+        if now - since < 2 * TICK:
+            return auto.size
+        rates = sorted(r for s in running if (r := s.rate(now)))
+        per = rates[len(rates) // 2] if rates else None
+        return auto.consumer_bound(now, (w.delivered - delivered) / (now - since), per)
 
     def push_back(self) -> None:
         """The server asked to slow down (429/503): the auto window shrinks."""
@@ -111,7 +158,9 @@ class Controller:
         running = [s for s in w.order if not s.finished]
         if any(s.gated_since is not None for s in running) and not self._straggler(now):
             return  # the consumer is the bottleneck: another connection cannot help
-        if w.spans or len(running) >= w.size_limit:
+        # A slot due within a round trip (``ending``) frees its place, as for the next request
+        # (``Window.fill``): the split's round trip then overlaps the end of that body.
+        if w.spans or sum(1 for s in running if not s.ending) >= w.size_limit:
             victim = self._straggler(now)
         else:
             victim = self._slowest(now, running)
