@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 ORDERED_GATHER = 1 << 20  # bytes the in-order writer gathers while its previous write is pending
 
 
-ORDERED_GATHER = 1 << 20  # bytes the in-order writer gathers while its previous write is pending
-
-
 async def get_url(ctx: Context, url: str, default_name: str, fields: dict[str, object] | None = None) -> int:
     """``url`` into ``-o`` (a file, a directory, a template filled from ``fields``, stdout)."""
     args = ctx.args
@@ -100,9 +97,6 @@ async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
     summary.output = output
     ctx.ordered_output = output
     writer = StdoutWriter(fd)
-    # Gather little while a write is pending: what the writer holds hides a slow reader from
-    # the stream (its auto window grows and reads ahead for nothing) and adds to the memory.
-    writer.LIMIT = ORDERED_GATHER
     # Gather little while a write is pending: what the writer holds hides a slow reader from
     # the stream (its auto window grows and reads ahead for nothing) and adds to the memory.
     writer.LIMIT = ORDERED_GATHER
