@@ -62,6 +62,8 @@ __all__ = [
     "is_page_url",
     "output_name",
     "refresh_hook",
+    "ytdlp_extract",
+    "YdlLogger",
 ]
 
 log = logging.getLogger("rangestream")
@@ -283,9 +285,10 @@ def _redact_text(text: str) -> str:
     return redact_text(text)
 
 
-class _YdlLogger:
+class YdlLogger:
     """yt-dlp's messages into rangestream's logger, URLs redacted: its chatter at DEBUG, its
-    warnings at INFO (shown with -v). Errors come back as exceptions."""
+    warnings at INFO (shown with -v). Errors come back as exceptions. Give it as yt-dlp's
+    ``logger`` option to any extraction (the resolver and the CLI's playlist listing do)."""
 
     def debug(self, msg: str) -> None:
         log.debug("yt-dlp: %s", _redact_text(msg))
@@ -300,8 +303,11 @@ class _YdlLogger:
         log.debug("yt-dlp: %s", _redact_text(msg))
 
 
-def _ytdlp_extract(page_url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """yt-dlp's ``extract_info(download=False)``; blocking."""
+def ytdlp_extract(page_url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """yt-dlp's ``extract_info(download=False)`` of ``page_url`` with ``options`` (yt-dlp's own),
+    sanitized to plain JSON-able values; blocking (run it in a thread). Raises
+    :class:`ResolverUnavailable` without yt-dlp, :class:`ResolveError` when yt-dlp fails (URLs
+    redacted), and works on a copy of ``cookiefile`` (yt-dlp would write its jar back)."""
     try:
         import yt_dlp
     except ImportError:
@@ -383,7 +389,7 @@ class Resolver:
             "skip_download": True,
             "noplaylist": True,
             "format": self.selector,
-            "logger": _YdlLogger(),
+            "logger": YdlLogger(),
             "socket_timeout": 30,
         }
         self._lease = proxy if isinstance(proxy, Lease) else None
@@ -392,7 +398,7 @@ class Resolver:
         if cookies_file:
             self._options["cookiefile"] = os.fspath(cookies_file)
         self._options.update(ydl_options or {})
-        self._extract = extract or _ytdlp_extract
+        self._extract = extract or ytdlp_extract
         self._cache: dict[str, Resolution] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.extractions = 0

@@ -29,11 +29,11 @@ def may_be_playlist(url: str, args: argparse.Namespace) -> bool:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    from ..refresh import _YdlLogger, build_selector
+    from ..refresh import YdlLogger, build_selector
 
     options: dict[str, Any] = {
         "quiet": True, "no_warnings": True, "noprogress": True, "skip_download": True,
-        "extract_flat": "in_playlist", "logger": _YdlLogger(), "socket_timeout": 30,
+        "extract_flat": "in_playlist", "logger": YdlLogger(), "socket_timeout": 30,
         "format": build_selector(args.ytdl_format, args.max_height), "ignore_no_formats_error": True,
     }
     if args.proxy:
@@ -45,12 +45,12 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 async def playlist_jobs(args: argparse.Namespace, url: str, display: Any) -> list[Job] | None:
     """The selected entries of ``url`` as jobs, or None when it is not a playlist."""
-    from ..refresh import ResolveError, _ytdlp_extract
+    from ..refresh import ResolveError, ytdlp_extract
 
     ranges = parse_items(args.playlist_items) if args.playlist_items else None
     display.note(f"rangestream: listing {redact_url(url)} with yt-dlp")
     try:
-        info = await asyncio.wait_for(asyncio.to_thread(_ytdlp_extract, url, _options(args)), 120)
+        info = await asyncio.wait_for(asyncio.to_thread(ytdlp_extract, url, _options(args)), 120)
     except TimeoutError:
         raise ResolveError(f"cannot list {redact_url(url)}: no answer within 120 s", network=True) from None
     if info.get("_type") not in ("playlist", "multi_video"):
