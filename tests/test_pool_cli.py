@@ -111,3 +111,55 @@ async def test_no_usable_proxy_exits_with_the_proxy_code(tmp_path: Path) -> None
     assert code == 7, err
     assert "no usable proxy" in err and SECRET not in err
     assert summary(err)["exit_code"] == 7
+
+
+class _NumberedOrigin(SourceOrigin):
+    """:class:`SourceOrigin` at ``/file?n=N`` (one URL per download), noting (N, source) per request."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.asked: list[tuple[str, str]] = []
+
+    async def _file(self, request):  # type: ignore[no-untyped-def]
+        self.asked.append((request.query.get("n", ""), request.remote or ""))
+        return await super()._file(request)
+
+
+async def test_a_batch_gives_each_download_its_own_proxy_least_loaded_first(tmp_path: Path) -> None:
+    proxies_file = tmp_path / "proxies.txt"
+    body = os.urandom(256 * 1024)
+    async with loopback_proxies(2) as (a, b), _NumberedOrigin(body) as origin:
+        proxies_file.write_text(f"{a.url}\n{b.url}\n")
+        # Held until every download has asked: all four are in flight at once, so the pool must
+        # spread them (each proxy takes at most 2) rather than one proxy serving one at a time.
+        origin.gate = asyncio.Event()
+        urls = [f"{origin.url}?n={n}" for n in range(4)]
+        run = asyncio.create_task(cli("get", *urls, "-j", "4", "-o", f"{tmp_path / 'dl'}/", "--proxy-file",
+                                      str(proxies_file), "--max-per-proxy", "2", *FAST))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len({n for n, _ in origin.asked}) < 4 and loop.time() < deadline and not run.done():
+            await asyncio.sleep(0.02)
+        all_asked = len({n for n, _ in origin.asked}) == 4
+        origin.gate.set()
+        code, err = await run
+        assert code == 0, err
+        assert all_asked, origin.asked
+        by_download: dict[str, set[str]] = {}
+        for n, source in origin.asked:
+            by_download.setdefault(n, set()).add(source)
+        assert all(len(sources) == 1 for sources in by_download.values()), by_download  # sticky
+        per_proxy = [sum(1 for s in by_download.values() if s == {p.source}) for p in (a, b)]
+        assert per_proxy == [2, 2], by_download
+        files = sorted((tmp_path / "dl").iterdir())
+        assert len(files) == 4 and all(f.read_bytes() == body for f in files), files
+
+
+async def test_help_names_exit_code_7_for_no_usable_proxy() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rangestream", "get", "--help", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    lines = [" ".join(line.split()) for line in out.decode().splitlines()]
+    assert "7 proxy refused (authentication required) or no usable proxy in --proxy-file" in lines, lines

@@ -18,6 +18,7 @@ from .args import make_client
 from .exits import EXIT_OK, PROG, classify, worst_code
 from .jobs import Job
 from .progress import MultiDisplay
+from .proxies import job_lease, release_command_lease
 from .runner import Context
 from .ui import MB, Summary
 
@@ -73,6 +74,7 @@ async def run_batch(ctx: Context, jobs: list[Job], archive: DownloadArchive | No
             if args.json:
                 _print_job_json(job, results[-1])
 
+    await release_command_lease(args)  # each job holds its own proxy (_job)
     try:
         # The budget is also a hard cap per host: a split or an early next request never goes beyond it.
         async with make_client(args, limit_per_host=args.max_connections) as client, multi.running():
@@ -95,7 +97,10 @@ async def _job(jctx: Context, job: Job, archive: DownloadArchive | None, run_job
         jctx.summary.extra["skipped"] = "archive"
         return Result(job, EXIT_OK, jctx.summary, skipped=True)
     try:
-        code = await run_job(jctx, job)
+        # --proxy-file: this download's own proxy, sticky from its page resolution to its last byte;
+        # no usable proxy is this job's failure (exit 7), not the batch's.
+        async with job_lease(jctx.args):
+            code = await run_job(jctx, job)
         if jctx.summary.ok:
             await record(job, archive)
     except Exception as e:  # noqa: BLE001 - one failing job never stops the others

@@ -66,7 +66,7 @@ EXIT_CODES = {
     EXIT_CHANGED: "the object changed on the server during the download",
     EXIT_LOCAL_IO: "local I/O: disk full, permission denied, no such directory, FILE.part is a symlink "
                    "or not a regular file",
-    EXIT_PROXY: "proxy refused (authentication required: HTTP 407 from --proxy)",
+    EXIT_PROXY: "proxy refused (authentication required) or no usable proxy in --proxy-file",
     EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT) after saving the sidecar; 143 for SIGTERM",
     EXIT_BROKEN_PIPE: "stdout (or a FIFO given to -o) was closed by its reader (e.g. '| head -c 100'); "
                       "nothing is printed",
@@ -129,6 +129,12 @@ def classify(e: BaseException) -> tuple[int, str, str | None]:
     if isinstance(e, TLSError):
         return EXIT_NETWORK, str(e), TLS_HINT
     if isinstance(e, ProxyError):
+        from ..proxypool import NoProxyAvailableError
+
+        if isinstance(e, NoProxyAvailableError):
+            return EXIT_PROXY, str(e), ("every proxy in --proxy-file is cooling down, quarantined (see "
+                                        "--proxy-quarantine) or was left by this download: add proxies, or "
+                                        "try again after --proxy-cooldown")
         return EXIT_PROXY, str(e), ("the proxy wants credentials: give them in the proxy URL "
                                     "(--proxy http://USER:PASS@host:port), or check them")
     if isinstance(e, TooManyRedirectsError):

@@ -1,5 +1,6 @@
 """``--proxy-file FILE`` and its companions for ``get`` and ``mux``: a pool of proxies, and one
-lease from it for the whole job (the page resolution and every stream of the download).
+lease from it per download (its page resolution and every one of its streams): the command's for
+a single download or a mux, each job's own in a batch (several URLs, ``-i``, a playlist).
 
 The flags build a :class:`~rangestream.ProxyPool`; a file that cannot be used is a usage error
 (exit 2, the line named, never its text: it may hold a password); no usable proxy ends the job
@@ -84,7 +85,12 @@ def build_pool(args: argparse.Namespace) -> ProxyPool | None:
 
 
 def with_proxy_pool(runner: Callable[[J], Awaitable[int]]) -> Callable[[J], Awaitable[int]]:
-    """``runner`` holding one lease of the flags' pool for the whole job (if there is a pool)."""
+    """``runner`` with the flags' pool (if there is one) and one lease of it for the command.
+
+    A single download or mux keeps that lease from start to end. Whether a ``get`` is a batch is
+    known only once its URLs are collected (``-i -`` reads stdin, a playlist is listed first), so
+    a batch gives the command's lease back when it starts (:func:`release_command_lease`) and
+    each of its jobs holds its own (:func:`job_lease`)."""
 
     async def run(ctx: J) -> int:
         pool = build_pool(ctx.args)
@@ -113,6 +119,18 @@ async def job_lease(args: argparse.Namespace) -> AsyncIterator[Lease | None]:
             yield lease
         finally:
             args._lease = None
+
+
+async def release_command_lease(args: argparse.Namespace) -> None:
+    """Give back the lease :func:`with_proxy_pool` holds for the command: a batch's jobs each
+    take their own, spread over the proxies least-loaded first, at most --max-per-proxy each
+    (kept, it would hold a slot all along and have every job share its proxy)."""
+    lease: Lease | None = getattr(args, "_lease", None)
+    if lease is None:
+        return
+    args._lease = None
+    # Lease.__aexit__ releases only what it still holds: leaving job_lease later is a no-op.
+    await lease.__aexit__(None, None, None)
 
 
 def client_options(args: argparse.Namespace) -> dict[str, Any]:
