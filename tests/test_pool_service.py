@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from rangestream import ProxyPool
 from tests.proxy_support import SourceOrigin, loopback_proxies
 from tests.service_support import SRC, q, serve
@@ -105,3 +107,13 @@ async def test_serve_refuses_a_bad_proxy_file_with_a_usage_error(tmp_path: Path)
         raise
     assert proc.returncode == 2, (out, err)
     assert b"line 2" in err and SECRET.encode() not in err + out
+
+
+async def test_a_page_is_resolved_through_the_requests_proxy() -> None:
+    pytest.importorskip("yt_dlp", reason="page resolution needs yt-dlp (rangestream[youtube])")
+    async with loopback_proxies(1) as (a,), SourceOrigin(BODY[:65536]) as page_server:
+        async with serve(proxies=ProxyPool([a.url]), stream_options=STREAM) as client:
+            resp = await client.get(f"/watch/info?url={q(page_server.url)}")
+            assert resp.status == 200, await resp.text()
+        # yt-dlp's requests for the page left from the proxy's address (127.0.0.2), none directly.
+        assert page_server.remotes and page_server.sources() == {a.source}, page_server.remotes

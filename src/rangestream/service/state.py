@@ -35,6 +35,12 @@ OPEN_PATHS = frozenset({"/healthz"})  # for load balancers: never needs a token
 _LEASE: ContextVar[Lease | None] = ContextVar("rangestream_lease", default=None)
 
 
+def request_lease() -> Lease | None:
+    """The proxy lease of the request being handled (``State.slot`` holds it), or None without a
+    pool or outside a slot: its page resolution and its streams go through it."""
+    return _LEASE.get()
+
+
 def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 

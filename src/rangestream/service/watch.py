@@ -43,6 +43,7 @@ from ..refresh import (
     is_page_url,
     output_name,
 )
+from .state import request_lease
 
 log = logging.getLogger("rangestream.service")
 
@@ -93,11 +94,15 @@ def direct_resolution(url: str) -> Resolution:
 
 
 def make_resolver(height: int, container: str, *, allow_generic: bool) -> Resolver:
-    """A fresh resolver for one request (its cache then lives as long as the request)."""
+    """A fresh resolver for one request (its cache then lives as long as the request).
+
+    Made inside the request's slot: with a proxy pool, yt-dlp goes through the request's lease,
+    the proxy its streams then use (a googlevideo URL is bound to the address that resolved it),
+    and a bot check during resolution moves the lease like one met by a stream."""
     options: dict[str, Any] = {}
     if not allow_generic:
         options["allowed_extractors"] = ["default", "-generic"]
-    return Resolver(SELECTORS[container], max_height=height, ydl_options=options)
+    return Resolver(SELECTORS[container], max_height=height, ydl_options=options, proxy=request_lease())
 
 
 async def resolve(resolver: Resolver, url: str) -> Resolution:
