@@ -96,7 +96,9 @@ def test_grace_cuts_streams_that_outlast_it(origin_process):
 
 def test_workers_share_one_port_and_sum_metrics(origin_process):
     base_origin, content = origin_process
-    with serve_process("--allow-private", "--workers", "2") as (proc, base):
+    # --max-streams 12: the kernel may send 9 or more of the 12 to one worker (about 1 run in 7),
+    # which its default cap of 8 would answer 503.
+    with serve_process("--allow-private", "--workers", "2", "--max-streams", "12") as (proc, base):
         async def run() -> str:
             async with aiohttp.ClientSession() as s:
                 async def one(i: int) -> None:
@@ -156,3 +158,44 @@ def origin_process():
         proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _seen_from(remote: str):
+    """A middleware, outermost, making the app see every request as coming from ``remote``
+    (as aiohttp's forwarded-header helpers do, with ``request.clone(remote=)``): the only way to
+    have a non-loopback peer while the tests listen on 127.0.0.1 only."""
+    from aiohttp import web
+
+    @web.middleware
+    async def seen_from(request, handler):
+        return await handler(request.clone(remote=remote))
+
+    return seen_from
+
+
+@pytest.mark.parametrize("peer", ["192.0.2.7", "2001:db8::7"])
+async def test_metrics_with_a_signing_key_and_no_token_answer_only_loopback_clients(peer):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from rangestream.service import ServerOptions, make_app
+
+    # Bound elsewhere (not loopback), signed links for media, no --token.
+    options = ServerOptions(signing_key="k" * 32, loopback_only=False)
+    async with serve(signing_key="k" * 32, loopback_only=False) as client:
+        assert (await client.get("/metrics")).status == 200  # from 127.0.0.1: the host's own scraper
+    app = make_app(options)
+    app.middlewares.insert(0, _seen_from(peer))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 403, await resp.text()
+        assert "rangestream_" not in await resp.text()
+        assert (await client.get("/healthz")).status == 200  # load balancers still see it
+    # With an operator's token, /metrics needs it, from anywhere (signed links do not open it).
+    app = make_app(ServerOptions(signing_key="k" * 32, token="op-token", loopback_only=False))
+    app.middlewares.insert(0, _seen_from(peer))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        assert (await client.get("/metrics")).status == 401
+        resp = await client.get("/metrics", headers={"Authorization": "Bearer op-token"})
+        assert resp.status == 200 and "rangestream_active_streams" in await resp.text()
+    async with serve(signing_key="k" * 32, token="op-token", loopback_only=False) as client:
+        assert (await client.get("/metrics")).status == 401  # loopback needs the token too

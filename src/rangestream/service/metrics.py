@@ -38,7 +38,7 @@ class Metrics:
     ``refusals_total{reason}`` (requests refused before streaming: ``max_streams``,
     ``per_client``, ``unauthorized``, ``forged``, ``expired``, ``host_header``,
     ``cross_site``, ``upstream_not_public``, ``upstream_not_allowed``, ``draining``,
-    ``no_proxy``). With a proxy pool, per proxy (label ``proxy``: ``host:port``, never
+    ``no_proxy``, ``metrics_not_loopback``). With a proxy pool, per proxy (label ``proxy``: ``host:port``, never
     credentials): ``proxy_in_flight`` (downloads holding it), ``proxy_failures`` and
     ``proxy_bot_checks`` (totals), ``proxy_state{state}`` (1 for its state: healthy, cooling,
     quarantined), read from the pool at each scrape.

@@ -55,6 +55,16 @@ def _loopback_host(host: str) -> bool:
         return False
 
 
+def _loopback_peer(remote: str | None) -> bool:
+    """The TCP peer is on this host's loopback (127.0.0.0/8, ::1, or ::ffff:127.x.y.z)."""
+    try:
+        address = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return False  # no address (a UNIX socket): not known to be loopback
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
 def _host_name(header: str) -> str:
     try:
         return urlsplit(f"//{header}").hostname or ""
@@ -105,6 +115,12 @@ class State:
         elif self._token_digest is not None and not self._token_ok(request):
             raise Reply(401, "missing or wrong token (Authorization: Bearer TOKEN or ?token=)",
                         {"WWW-Authenticate": 'Bearer realm="rangestream"'}, refusal="unauthorized")
+        if path == "/metrics" and self._token_digest is None and self.options.signing_key \
+                and not _loopback_peer(request.remote):
+            # Signed links are for media, not for the operator's numbers: without a token to ask
+            # for, /metrics stays on this host (a scraper runs beside the service or gets a token).
+            raise Reply(403, "/metrics answers only clients on this host's loopback unless the service "
+                             "has a --token", refusal="metrics_not_loopback")
         if path in API_PATHS and not signed and request.headers.get("Sec-Fetch-Site", "") == "cross-site":
             raise Reply(403, "cross-site requests to this endpoint are refused (use a signed link)",
                         refusal="cross_site")
