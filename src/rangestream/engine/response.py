@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from ..plan import ByteRange, parse_content_range
@@ -89,19 +90,31 @@ def check_status(status: int, headers: Headers, want: ByteRange, known: Known, r
         return None
     if retry.is_retryable_status(status):
         return Retryable(f"HTTP {status}", retry_after(headers.get("Retry-After"), now), status)
-    if status == 416 and (named := unsatisfied_total(headers.get("Content-Range"))) is not None \
-            and named > want.start:
+    if status == 416:
+        return _unsatisfiable(headers, want, known, now)
+    return Refused(status)
+
+
+def _unsatisfiable(headers: Headers, want: ByteRange, known: Known, now: float) -> Verdict:
+    """A 416 for ``want``: the end of the object, its size, a confused answer, or a change."""
+    named = unsatisfied_total(headers.get("Content-Range"))
+    if named is not None and known.size is not None and named != known.size:
+        return _changed(f"HTTP 416 names a total of {named} bytes, not the size {known.size}", 416, named)
+    if named is not None and named > want.start:
         # The server's own total says the byte exists: a confused answer, not the end of the object.
         return Retryable(f"HTTP 416 for byte {want.start} of an object the server says has {named} bytes",
-                         retry_after(headers.get("Retry-After"), now), status)
-    if status == 416 and not known.size_known and want.start == 0:
-        return Body(0, 0, Learned.SIZE, 0)  # an empty object: nothing to read
-    if status == 416 and known.size is None and known.to_end:
+                         retry_after(headers.get("Retry-After"), now), 416)
+    if not known.size_known and (want.start == 0 or named is not None):
+        # The first answer: the object has ``named`` bytes (an empty one: none), none of them
+        # asked for (ranges= wholly past the end): nothing to read.
+        return Body(want.start, want.start, Learned.SIZE, named or 0)
+    if known.size is None and named is not None and named < want.start:
+        return _changed(f"HTTP 416 for byte {want.start}: the server says the object has {named} bytes, "
+                        "fewer than it sent", 416, named)
+    if known.size is None and (known.to_end or named == want.start):
         return Body(want.start, want.start, Learned.END, want.start)  # unknown total: it ends here
-    if status == 416:
-        return Changed(f"HTTP 416: the server no longer has byte {want.start} "
-                       f"({headers.get('Content-Range', '')})", status)
-    return Refused(status)
+    return Changed(f"HTTP 416: the server no longer has byte {want.start} "
+                   f"({headers.get('Content-Range', '')})", 416)
 
 
 def unsatisfied_total(value: str | None) -> int | None:
@@ -124,8 +137,11 @@ def check_body(status: int, headers: Headers, want: ByteRange, known: Known) -> 
         if status != 200 or clen is None or clen == 0 or (want.stop is not None and clen > len(want)):
             return Retryable(f"HTTP {status} with {clen} bytes for range={want.header()[6:]}")
         return Body(want.start, want.start + clen)
-    if clen == 0 and known.size is None and known.to_end:
-        # Unknown total and an empty answer (206 or 200) at the byte reached: the object ends here.
+    if clen == 0 and known.size is None and known.to_end and (
+            status == 200 or _empty_range(headers.get("Content-Range"), want.start)):
+        # Unknown total and an empty 200 at the byte reached: the object ends here. A 206 ends
+        # it only if its own Content-Range is empty there ("bytes N-(N-1)/*"); one naming bytes
+        # but sending none is a confused answer (Content-Range path: retried).
         learned = Learned.END if known.size_known else Learned.SIZE
         return Body(want.start, want.start, learned, want.start)
     if status == 206:
@@ -138,6 +154,13 @@ def check_body(status: int, headers: Headers, want: ByteRange, known: Known) -> 
     if known.size is None and clen is not None:
         return Body(0, clen, Learned.TOTAL, clen, take_over=True)
     return Body(0, clen, take_over=True)
+
+
+def _empty_range(value: str | None, start: int) -> bool:
+    """Whether a 206's Content-Range is the empty range ``bytes start-(start-1)/...``."""
+    first, sep, rest = (value or "").strip().removeprefix("bytes").strip().partition("-")
+    last = rest.partition("/")[0].strip()
+    return bool(sep) and first.isdigit() and last.isdigit() and int(first) == start and int(last) == start - 1
 
 
 def _partial(headers: Headers, want: ByteRange, known: Known, clen: int | None) -> Body | Retryable | Changed:
@@ -163,15 +186,24 @@ def _changed(why: str, status: int, total: int | None) -> Changed:
     return Changed(f"{why}: the object changed on the server; refusing to mix versions", status, total)
 
 
-def check_validators(etag: str | None, last_modified: str | None,
-                     seen_etag: str | None, seen_last_modified: str | None) -> str | None:
-    """Why the validators a response shows are another version's than those known; None if not."""
-    if (etag and seen_etag and seen_etag != etag) or (
-            last_modified and seen_last_modified
-            and _http_date(seen_last_modified) != _http_date(last_modified)):
-        return (f"object changed mid-download (ETag {etag} -> {seen_etag}, Last-Modified "
-                f"{last_modified} -> {seen_last_modified}); refusing to mix versions")
+def check_validators(known_etag: str | None, known_last_modified: str | None,
+                     etag: str | None, last_modified: str | None) -> str | None:
+    """Why the validators a response shows are another version's than those known; None if not.
+    ETags compare weakly (``W/"a"`` is ``"a"``: a proxy that compresses weakens the tag, the
+    version is the same), dates as instants (``GMT`` and ``-0000`` name the same one)."""
+    changes = []
+    if etag and known_etag and _opaque(known_etag) != _opaque(etag):
+        changes.append(f"ETag {known_etag} -> {etag}")
+    if last_modified and known_last_modified and _http_date(known_last_modified) != _http_date(last_modified):
+        changes.append(f"Last-Modified {known_last_modified} -> {last_modified}")
+    if changes:
+        return f"object changed mid-download ({', '.join(changes)}); refusing to mix versions"
     return None
+
+
+def _opaque(etag: str) -> str:
+    etag = etag.strip()
+    return etag[2:] if etag[:2] in ("W/", "w/") else etag
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -188,7 +220,9 @@ def retry_after(value: str | None, now: float) -> float | None:
 
 
 def _http_date(value: str) -> object:
+    """The instant an HTTP date names (``-0000`` parses as naive: it is UTC too); else the text."""
     try:
-        return parsedate_to_datetime(value)
+        when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        return value
+        return value.strip()
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)

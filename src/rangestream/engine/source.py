@@ -31,11 +31,9 @@ class Source:
         self._stats = stats
         self.etag: str | None = None
         self.last_modified: str | None = None
-        self._validated = False
-        if expect_validators and any(expect_validators.values()):
-            self.etag = expect_validators.get("etag")
-            self.last_modified = expect_validators.get("last_modified")
-            self._validated = True
+        if expect_validators:
+            self.etag = expect_validators.get("etag") or None
+            self.last_modified = expect_validators.get("last_modified") or None
 
     def if_range(self) -> str | None:
         """The ``If-Range`` value once a validator is known (a weak ETag cannot serve)."""
@@ -44,13 +42,16 @@ class Source:
         return self.last_modified or None
 
     def changed(self, headers: Mapping[str, str]) -> str | None:
-        """Why a response's validators are another version's (None if they are not). The
-        first response's become the ones every later response is held to."""
-        etag, lm = headers.get("ETag"), headers.get("Last-Modified")
-        if not self._validated:
-            self.etag, self.last_modified, self._validated = etag, lm, True
-            return None
-        return check_validators(self.etag, self.last_modified, etag, lm)
+        """Why a response's validators are another version's (None if they are not). Each
+        validator is pinned the first time a response shows it (an edge node may send none)
+        and every later response is held to it; ``If-Range`` carries it from then on."""
+        etag, lm = headers.get("ETag") or None, headers.get("Last-Modified") or None
+        why = check_validators(self.etag, self.last_modified, etag, lm)
+        if why is None:
+            if not self.etag or (self.etag.startswith("W/") and etag and not etag.startswith("W/")):
+                self.etag = etag or self.etag  # a strong tag of the same version can serve If-Range
+            self.last_modified = self.last_modified or lm
+        return why
 
     async def refresh(self, failed_gen: int, status: int, attempts: int, size: int | None) -> None:
         """The URL of generation ``failed_gen`` got 401/403: get a new one (once for all chunks)."""

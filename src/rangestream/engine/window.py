@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ..errors import ObjectChangedError
 from ..plan import ByteRange, next_chunk
 from .delivery import InOrder, Unordered
 from .response import Body, Learned
@@ -171,13 +172,35 @@ class Window:
 
     def ends_at(self, slot: Slot, at: int) -> None:
         """The server said the object (of unknown total) ends at byte ``at``: this slot
-        ends there, and nothing past it is planned."""
+        ends there, and nothing past it is planned. Later chunks with no answer yet are
+        dropped (their requests die with them); one that already read a byte past ``at``, or
+        holds a 206 saying such bytes exist, means the server contradicts itself: success
+        would deliver a gap as the whole object."""
+        later = [s for s in self.order if s is not slot and s.range.start >= at]
+        live = {id(s.trace) for s in self.order}
+        if any(s.pos > s.range.start or (s.attempt is not None and s.attempt.resp is not None)
+               for s in later) or any(
+                id(t) not in live and t.start >= at and t.first_read is not None for t in self.stats.traces):
+            raise ObjectChangedError(f"the server says the object ends at byte {at}, after sending "
+                                     "bytes past it: refusing to mix versions")
+        for s in later:
+            self.order.remove(s)
+            if s.task is not None:
+                s.task.cancel()
         slot.cut_to(max(slot.range.start, at))
         self.spans = deque(r for r in self.spans if r.start < at)
 
     def total_appeared(self, total: int) -> None:
         """A response of an object of unknown total carried one: from now on the size is known
-        (and checked against every response); chunks reaching past it end there."""
+        (and checked against every response); chunks reaching past it end there. Bytes
+        already read past it (by any chunk, delivered ones too) say it is another version."""
+        live = {id(s.trace) for s in self.order}
+        reached = max([s.pos for s in self.order if s.pos > s.range.start] + [
+            t.start + 1 if t.stop is None else t.stop
+            for t in self.stats.traces if id(t) not in live and t.first_read is not None], default=0)
+        if reached > total:
+            raise ObjectChangedError(f"the server says the object has {total} bytes, after sending "
+                                     f"bytes up to {reached}: refusing to mix versions", total=total)
         self.size = self.stats.size = total
         self.clip_spans()
         for s in self.order:
