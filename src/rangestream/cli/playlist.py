@@ -12,6 +12,7 @@ from ..redact import redact_url
 from .args import check_url
 from .exits import UsageError
 from .jobs import Job, archive_key, item_selected, parse_items, youtube_id
+from .proxies import resolver_proxy
 
 _LIST_PATHS = ("playlist", "channel", "c", "user")
 
@@ -36,8 +37,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "extract_flat": "in_playlist", "logger": YdlLogger(), "socket_timeout": 30,
         "format": build_selector(args.ytdl_format, args.max_height), "ignore_no_formats_error": True,
     }
-    if args.proxy:
-        options["proxy"] = args.proxy
+    proxy = resolver_proxy(args)  # --proxy-file: the command's proxy, held while the list is read
+    if isinstance(proxy, str) and proxy:
+        options["proxy"] = proxy
+    elif proxy is not None and not isinstance(proxy, str):
+        options["proxy"] = proxy.proxy.url
     if args.cookies:
         options["cookiefile"] = args.cookies
     return options
