@@ -23,6 +23,7 @@ Credentials live only in :attr:`Proxy.url` (for the transport); every ``str``,
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import fcntl
 import logging
@@ -571,3 +572,62 @@ def _check_limits(max_per_proxy: int, cooldown: float, failures_to_cool: int, qu
         raise ValueError("failures_to_cool and quarantine_after must be at least 1")
     if wait_timeout is not None and wait_timeout < 0:
         raise ValueError("wait_timeout must be 0 or more seconds")
+
+
+# The pool's command-line flags, shared by get/mux (rangestream.cli.proxies) and serve
+# (rangestream.service.main): service sits below cli, so the one definition lives here.
+PROXY_FILE_ENV = "RANGESTREAM_PROXY_FILE"
+
+
+def _count_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= n < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return n
+
+
+def add_pool_arguments(p: argparse.ArgumentParser, *, each: str) -> None:
+    """--proxy-file and its companions, as the group "proxy pool"; ``each`` names what holds one
+    lease ("download" for get and mux, "request" for serve)."""
+    g = p.add_argument_group("proxy pool")
+    g.add_argument("--proxy-file", metavar="FILE",
+                   help="proxies to rotate over, one a line (URLs with credentials, or host:port[:user:pass] "
+                        f"records; '#' comments; ${PROXY_FILE_ENV}): each {each} keeps one proxy from start to "
+                        "end and moves to the next healthy one if it dies or meets a bot check")
+    g.add_argument("--max-per-proxy", type=_count_arg, default=2, metavar="N",
+                   help=f"{each}s in flight per proxy (default 2); more wait for a free one")
+    g.add_argument("--proxy-cooldown", type=_seconds_arg, default=1800.0, metavar="SECONDS",
+                   help="rest after 3 connection failures in a row (default 1800)")
+    g.add_argument("--quarantine-after", type=_count_arg, default=5, metavar="N",
+                   help="bot checks in a row that take a proxy out for good (default 5)")
+    g.add_argument("--proxy-quarantine", metavar="FILE",
+                   help="quarantined proxies are appended here as host:port (never credentials); "
+                        "those listed are skipped at start-up")
+
+
+def pool_file(args: argparse.Namespace) -> str | None:
+    """The proxy file the flags name: --proxy-file, else $RANGESTREAM_PROXY_FILE, else None."""
+    return getattr(args, "proxy_file", None) or os.environ.get(PROXY_FILE_ENV) or None
+
+
+def pool_from_args(args: argparse.Namespace) -> ProxyPool | None:
+    """The pool :func:`add_pool_arguments`' flags describe (None without a proxy file); a file
+    that cannot be used raises :class:`ProxyListError` (its line named, never its text)."""
+    path = pool_file(args)
+    if path is None:
+        return None
+    return ProxyPool.from_file(path, max_per_proxy=args.max_per_proxy, cooldown=args.proxy_cooldown,
+                               quarantine_after=args.quarantine_after, quarantine_file=args.proxy_quarantine)

@@ -16,9 +16,9 @@ from ..errors import (
     RangestreamError,
 )
 from ..plan import DEFAULT_CHUNK_SIZE, parse_size
+from ..proxypool import add_pool_arguments
 from ..redact import redact_text, redact_url
 from .exits import BATCH_EXIT_RULE, EXIT_CODES, PROG, UsageError
-from .proxies import add_pool_arguments
 from .proxies import client_options as pool_client_options
 from .ui import MB, Display
 
@@ -352,7 +352,7 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refresh-command", metavar="CMD",
                    help="shell command that prints a fresh URL when the CDN says the URL expired (401/403), "
                         "e.g. 'yt-dlp -g -f 137 https://youtu.be/ID'; the old one is in $RANGESTREAM_EXPIRED_URL")
-    add_pool_arguments(p)
+    add_pool_arguments(p, each="download")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:

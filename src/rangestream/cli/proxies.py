@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .. import proxypool
 from .exits import UsageError
 
 if TYPE_CHECKING:
     from ..proxypool import Lease, ProxyPool
-
-ENV_FILE = "RANGESTREAM_PROXY_FILE"
 
 
 class _Job(Protocol):  # runner.Context, named by what is used (runner imports args, which imports us)
@@ -30,57 +28,16 @@ class _Job(Protocol):  # runner.Context, named by what is used (runner imports a
 J = TypeVar("J", bound=_Job)
 
 
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
-
-
-def _seconds(text: str) -> float:
-    try:
-        n = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= n < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
-    return n
-
-
-def add_pool_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("proxy pool")
-    g.add_argument("--proxy-file", metavar="FILE",
-                   help="proxies to rotate over, one a line (URLs with credentials, or host:port[:user:pass] "
-                        f"records; '#' comments; ${ENV_FILE}): each download keeps one proxy from start to end "
-                        "and moves to the next healthy one if it dies or meets a bot check")
-    g.add_argument("--max-per-proxy", type=_count, default=2, metavar="N",
-                   help="downloads in flight per proxy (default 2); more wait for a free one")
-    g.add_argument("--proxy-cooldown", type=_seconds, default=1800.0, metavar="SECONDS",
-                   help="rest after 3 connection failures in a row (default 1800)")
-    g.add_argument("--quarantine-after", type=_count, default=5, metavar="N",
-                   help="bot checks in a row that take a proxy out for good (default 5)")
-    g.add_argument("--proxy-quarantine", metavar="FILE",
-                   help="quarantined proxies are appended here as host:port (never credentials); "
-                        "those listed are skipped at start-up")
-
-
 def build_pool(args: argparse.Namespace) -> ProxyPool | None:
     """The pool the flags describe (None without --proxy-file); bad input is a usage error."""
-    from ..proxypool import ProxyListError, ProxyPool
-
-    path = getattr(args, "proxy_file", None) or os.environ.get(ENV_FILE) or None
-    if path is None:
+    if proxypool.pool_file(args) is None:
         return None
     if getattr(args, "proxy", None):
         raise UsageError("--proxy and --proxy-file (or $RANGESTREAM_PROXY_FILE) exclude each other: "
                          "give one proxy or a pool")
     try:
-        return ProxyPool.from_file(path, max_per_proxy=args.max_per_proxy, cooldown=args.proxy_cooldown,
-                                   quarantine_after=args.quarantine_after, quarantine_file=args.proxy_quarantine)
-    except (ProxyListError, ValueError) as e:
+        return proxypool.pool_from_args(args)
+    except (proxypool.ProxyListError, ValueError) as e:
         raise UsageError(f"--proxy-file: {e}") from None
 
 

@@ -16,7 +16,7 @@ import sys
 
 from aiohttp import web
 
-from ..proxypool import ProxyListError, ProxyPool
+from ..proxypool import ProxyListError, ProxyPool, add_pool_arguments, pool_from_args
 from ..redact import redact_text
 from .app import begin_drain, make_app
 from .options import MiB, ServerOptions
@@ -130,49 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, time running streams get to finish (default 30)")
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="worker processes sharing the port (SO_REUSEPORT; default 1)")
-    _proxy_pool_options(p)
+    add_pool_arguments(p, each="request")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="log every request (redacted) to stderr")
     return p
 
 
-def _proxy_pool_options(p: argparse.ArgumentParser) -> None:
-    # As get's and mux's (rangestream.cli.proxies, a layer above this one).
-    p.add_argument("--proxy-file", default=os.environ.get("RANGESTREAM_PROXY_FILE") or None, metavar="FILE",
-                   help="upstream proxies, one a line (URLs with credentials, or host:port[:user:pass]; '#' "
-                        "comments; $RANGESTREAM_PROXY_FILE): each request keeps one from start to end and moves "
-                        "to the next healthy one if it dies or meets a bot check")
-    p.add_argument("--max-per-proxy", type=_positive, default=2, metavar="N",
-                   help="requests in flight per proxy (default 2); more wait for a free one")
-    p.add_argument("--proxy-cooldown", type=_seconds_or_zero, default=1800.0, metavar="SECONDS",
-                   help="rest after 3 connection failures in a row (default 1800)")
-    p.add_argument("--quarantine-after", type=_positive, default=5, metavar="N",
-                   help="bot checks in a row that take a proxy out for good (default 5)")
-    p.add_argument("--proxy-quarantine", metavar="FILE",
-                   help="quarantined proxies are appended here as host:port (never credentials); those "
-                        "listed are skipped at start-up")
-
-
-def _seconds_or_zero(text: str) -> float:
-    try:
-        n = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= n < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
-    return n
-
-
-def proxy_pool(args: argparse.Namespace) -> ProxyPool | None:
-    """The pool of --proxy-file (None without it); raises ProxyListError for a bad file."""
-    if not args.proxy_file:
-        return None
-    return ProxyPool.from_file(args.proxy_file, max_per_proxy=args.max_per_proxy, cooldown=args.proxy_cooldown,
-                               quarantine_after=args.quarantine_after, quarantine_file=args.proxy_quarantine)
-
-
 def options_from_args(args: argparse.Namespace, proxies: ProxyPool | None = None) -> ServerOptions:
-    return ServerOptions(proxies=proxies if proxies is not None else proxy_pool(args),
+    return ServerOptions(proxies=proxies if proxies is not None else pool_from_args(args),
         token=args.token, signing_key=args.signing_key, allow_private=args.allow_private,
         allow_hosts=tuple(args.allow_host), max_streams=args.max_streams,
         max_streams_per_client=args.max_streams_per_client or 0, write_timeout=args.write_timeout,
@@ -201,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_aiohttp()
     try:  # checked before any worker starts
-        pool = proxy_pool(args)
+        pool = pool_from_args(args)
     except ProxyListError as e:  # the line is named, never its text (it may hold a password)
         parser.error(f"--proxy-file: {e}")
     if args.workers > 1:
