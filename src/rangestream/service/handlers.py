@@ -7,9 +7,11 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterable, Mapping
+from typing import Any
 
 from aiohttp import web
 
+from ..engine import Stream
 from ..errors import MuxError, ObjectChangedError, RangestreamError
 from ..muxer import mux
 from ..plan import size_from_url, url_param
@@ -241,19 +243,25 @@ async def mux_handler(request: web.Request) -> web.StreamResponse:
     async with state.slot(request), contextlib.AsyncExitStack() as stack:
         streams = {}
         for name, url in (("video", video), ("audio", audio)):
-            opening = state.open_stream(url)
-            stack.callback(state.metrics.add_stream_stats, opening.stats)
-            try:
-                stream = await stack.enter_async_context(opening)
-            except RangestreamError as e:
-                r = reply_for(e)
-                raise Reply(r.status if r.status in (403, 404, 410) else 502, f"{name}: {r.message}",
-                            kind=r.kind, refusal=r.refusal) from None
-            streams[name] = stream
+            streams[name] = await enter_input(stack, state, name, url)
         resp = web.StreamResponse(status=200, headers={
             "Content-Type": MUX_TYPES[fmt], **MEDIA_HEADERS, "Accept-Ranges": "none"})
         resp.enable_chunked_encoding()
         return await run_mux(request, resp, streams, fmt, state)
+
+
+async def enter_input(stack: contextlib.AsyncExitStack, state: State, name: str, url: str,
+                      **options: Any) -> Stream:
+    """One input of a mux, opened on ``stack`` (its stats go to /metrics when the stack closes).
+    A failure names the input; only 403/404/410 pass through, anything else is the upstream's (502)."""
+    opening = state.open_stream(url, **options)
+    stack.callback(state.metrics.add_stream_stats, opening.stats)
+    try:
+        return await stack.enter_async_context(opening)
+    except RangestreamError as e:
+        r = reply_for(e)
+        raise Reply(r.status if r.status in (403, 404, 410) else 502, f"{name}: {r.message}",
+                    kind=r.kind, refusal=r.refusal) from None
 
 
 async def run_mux(request: web.Request, resp: web.StreamResponse, streams: Mapping[str, AsyncIterable[bytes]],

@@ -55,7 +55,7 @@ from ..refresh import (
     is_page_url,
 )
 from .guard import Guard, UpstreamRefused
-from .handlers import MEDIA_HEADERS, MUX_TYPES, Output, abort, run_mux
+from .handlers import MEDIA_HEADERS, MUX_TYPES, Output, abort, enter_input, run_mux
 from .replies import Reply, log_safe, reply_for
 from .state import STATE, State
 from .watch import (
@@ -326,14 +326,7 @@ async def _open(stack: contextlib.AsyncExitStack, state: State, res: Resolution,
         headers = merge_headers(f.http_headers)
         if headers:
             options["headers"] = headers
-        opening = state.open_stream(f.url, **options)
-        stack.callback(state.metrics.add_stream_stats, opening.stats)
-        try:
-            stream = await stack.enter_async_context(opening)
-        except RangestreamError as e:
-            r = reply_for(e)
-            raise Reply(r.status if r.status in (403, 404, 410) else 502, f"{name}: {r.message}",
-                        kind=r.kind, refusal=r.refusal) from None
+        stream = await enter_input(stack, state, name, f.url, **options)
         job.add(name, stream)
         pieces = counted(stream, job, name)
         stack.push_async_callback(pieces.aclose)
