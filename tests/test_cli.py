@@ -18,31 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_support import cli_env, run, start
 
 from rangestream.testing.origin import Origin
 
 KB = 1024
 MB = 1_000_000
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RANGESTREAM_")}
-    env.pop("COLUMNS", None)
-    env.update(extra)
-    return env
-
-
-async def start(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                stdout=asyncio.subprocess.PIPE, **kw) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rangestream", *args, cwd=cwd, env=env or _env(),
-        stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=asyncio.subprocess.PIPE, **kw)
-
-
-async def run(*args: str, timeout: float = 30, **kw) -> tuple[int, bytes, str]:
-    proc = await start(*args, **kw)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode, out or b"", err.decode()
 
 
 def ranges_of(origin: Origin, name: str, size: int, since: int = 0) -> list[tuple[int, int]]:
@@ -213,7 +194,7 @@ async def test_existing_file_is_left_alone_unless_forced(origin, tmp_path):
 async def test_default_name_env_defaults_and_json_file(origin, tmp_path):
     url = origin.url(500_000, "named")
     rc, _, err = await run("get", url, "--json-file", "s.json", "-q",
-                           env=_env(RANGESTREAM_WINDOW="1", RANGESTREAM_CHUNK_SIZE="100KiB"), cwd=tmp_path)
+                           env=cli_env(RANGESTREAM_WINDOW="1", RANGESTREAM_CHUNK_SIZE="100KiB"), cwd=tmp_path)
     assert rc == 0 and err == ""
     assert (tmp_path / "500000.bin").read_bytes() == origin.content("named", 500_000)
     summary = json.loads((tmp_path / "s.json").read_text())
@@ -253,7 +234,7 @@ def test_usage_errors_in_process(argv, message, capsys, tmp_path, monkeypatch):
 
 async def test_bad_flags_and_urls_exit_2_as_a_user_sees_them(tmp_path):
     cases = [USAGE_CASES[0], USAGE_CASES[6], (["get", "http://x/"], "RANGESTREAM_RETRIES='many'")]
-    results = await asyncio.gather(*(run(*args, cwd=tmp_path, env=_env(RANGESTREAM_RETRIES="many"))
+    results = await asyncio.gather(*(run(*args, cwd=tmp_path, env=cli_env(RANGESTREAM_RETRIES="many"))
                                      for args, _ in cases[2:]),
                                    *(run(*args, cwd=tmp_path) for args, _ in cases[:2]))
     results = results[1:] + results[:1]
@@ -375,7 +356,7 @@ async def test_flags_reach_the_wire_headers_cookies_proxy_env(tmp_path):
         (rc, out, err), (rc_p, out_p, err_p) = await asyncio.gather(
             run("get", url, "-o", "-", "-q", "--chunk-size", "100K", "--window", "2",
                 "--header", "X-Token: abc", "-H", "User-Agent: rs-test/1", "--cookies", "cookies.txt", cwd=tmp_path),
-            run("get", url, "-o", "-", "--retries", "0", cwd=tmp_path, env=_env(RANGESTREAM_PROXY=dead_proxy)))
+            run("get", url, "-o", "-", "--retries", "0", cwd=tmp_path, env=cli_env(RANGESTREAM_PROXY=dead_proxy)))
     finally:
         await runner.cleanup()
     assert rc == 0 and out == payload, err

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from test_cli import _env, last_json, run, start
+from cli_support import Feed, cli_env, run, start
+from test_cli import last_json
 
 from rangestream.testing.origin import Origin
 
@@ -117,32 +117,6 @@ async def test_download_archive_skips_without_a_request_and_appends_safely(origi
     assert sorted(archive.read_text().splitlines()) == sorted(urls[:2] + more)
 
 
-class Feed:
-    """An RSS feed next to the emulated CDN: yt-dlp's generic extractor lists its items."""
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self.items, self.url, self.hits = items, "", 0
-
-    async def _feed(self, request: web.Request) -> web.Response:
-        self.hits += 1
-        body = "".join(f"<item><title>{t}</title><link>{u.replace('&', '&amp;')}</link></item>"
-                       for t, u in self.items)
-        return web.Response(text=f'<?xml version="1.0"?><rss version="2.0"><channel><title>My list</title>'
-                                 f"{body}</channel></rss>", content_type="application/rss+xml")
-
-    async def __aenter__(self) -> Feed:
-        app = web.Application()
-        app.router.add_get("/feed.xml", self._feed)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/feed.xml"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
-
-
 async def test_playlist_entries_become_jobs_selected_by_playlist_items(origin, tmp_path):
     pytest.importorskip("yt_dlp")
     data = {f"e{i}": bytes([i]) * (50_000 + i) for i in range(1, 5)}
@@ -166,7 +140,7 @@ async def test_playlist_entries_become_jobs_selected_by_playlist_items(origin, t
 async def test_progress_total_line_on_a_terminal_and_plain_off_it(origin, tmp_path):
     urls = [origin.url(1_500_000, f"p{i}", rate=3_000_000) for i in range(3)]
     rc, _, err = await run("get", *urls, "-o", "r/", "--chunk-size", "256K", cwd=tmp_path,
-                           env=_env(TTY_COMPATIBLE="1", COLUMNS="150"))
+                           env=cli_env(TTY_COMPATIBLE="1", COLUMNS="150"))
     assert rc == 0, err
     assert "total" in err and "0/3 done, 0 failed" in err and "[1/3]" in err  # rich: a line per job + total
     rc, _, err = await run("get", *urls, "-o", "plain/", "--chunk-size", "256K", cwd=tmp_path)

@@ -19,30 +19,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cli_support import cli_env, run
 
 KB = 1024
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RANGESTREAM_")}
-    env.pop("COLUMNS", None)
-    env.update(extra)
-    return env
-
-
-async def run(*args: str, timeout: float = 30, cwd: Path | None = None,
-              env: dict[str, str] | None = None) -> tuple[int, bytes, str]:
-    """``rangestream ARGS``; killed (and the test failed) if it runs past ``timeout``."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rangestream", *args, cwd=cwd, env=env or _env(),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"rangestream {' '.join(args)} still running after {timeout} s") from None
-    return proc.returncode, out or b"", err.decode(errors="replace")
+_env = cli_env  # test_cli_errors imports it from here
 
 
 def closed_port_url() -> str:
@@ -299,7 +281,7 @@ def test_flag_values_out_of_bounds_are_usage_errors(flags, message, capsys, tmp_
 
 async def test_window_from_the_environment_is_bounded_too(tmp_path):
     rc, _, err = await run("get", closed_port_url(), "--retries", "0", "-o", "-", cwd=tmp_path,
-                           env=_env(RANGESTREAM_WINDOW="1000"), timeout=20)
+                           env=cli_env(RANGESTREAM_WINDOW="1000"), timeout=20)
     assert rc == 2 and "RANGESTREAM_WINDOW='1000'" in err and "window must be 1..64" in err, err
 
 
@@ -309,7 +291,7 @@ async def test_fifo_reader_going_away_is_a_quiet_broken_pipe(origin, tmp_path):
     size = 30_000_000
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rangestream", "get", origin.url(size, "fifo-head"), "-o", str(fifo), "--quiet",
-        cwd=tmp_path, env=_env(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        cwd=tmp_path, env=cli_env(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
 
     def read_head(deadline: float) -> bytes:  # like `head -c 100 < pipe`, bounded in time

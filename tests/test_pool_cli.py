@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_support import Feed, cli_env, run
 
 from tests.proxy_support import SourceOrigin, loopback_proxies
 
@@ -20,18 +21,9 @@ FAST = ("--chunk-size", "65536", "--window", "2", "--retries", "1", "--backoff",
 
 
 async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str]:
-    """``rangestream ARGS``; returns (exit code, stderr)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RANGESTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rangestream", *args, env={**base, **(env or {})},
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, err.decode(errors="replace")
+    """``rangestream ARGS`` with ``env`` on top of :func:`cli_env`; returns (exit code, stderr)."""
+    code, _, err = await run(*args, env=cli_env(**(env or {})), timeout=timeout, stdout=asyncio.subprocess.DEVNULL)
+    return code, err
 
 
 def summary(stderr: str) -> dict[str, object]:
@@ -167,46 +159,11 @@ async def test_help_names_exit_code_7_for_no_usable_proxy() -> None:
     assert "7 proxy refused (authentication required) or no usable proxy in --proxy-file" in lines, lines
 
 
-class _Feed:
-    """An RSS feed (yt-dlp's generic extractor lists its items) and the items' media, on one
-    loopback server noting each request's (path, source address)."""
-
-    def __init__(self, bodies: list[bytes]) -> None:
-        self.bodies = bodies
-        self.asked: list[tuple[str, str]] = []
-        self.url = ""
-
-    async def _handle(self, request):  # type: ignore[no-untyped-def]
-        from aiohttp import web
-
-        self.asked.append((request.path, request.remote or ""))
-        if request.path == "/feed.xml":
-            items = "".join(f"<item><title>Episode {i}</title><link>{self.url.rsplit('/', 1)[0]}/v{i}.mp4</link></item>"
-                            for i in range(len(self.bodies)))
-            return web.Response(text=f'<?xml version="1.0"?><rss version="2.0"><channel><title>List</title>'
-                                     f"{items}</channel></rss>", content_type="application/rss+xml")
-        return web.Response(body=self.bodies[int(request.path[2:-4])], content_type="video/mp4")
-
-    async def __aenter__(self) -> _Feed:
-        from aiohttp import web
-
-        app = web.Application()
-        app.router.add_get("/{name}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/feed.xml"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
-
-
 async def test_a_playlist_is_listed_through_the_pool_and_each_entry_through_its_own_proxy(tmp_path: Path) -> None:
     pytest.importorskip("yt_dlp", reason="listing a playlist needs yt-dlp (rangestream[youtube])")
     proxies_file = tmp_path / "proxies.txt"
     bodies = [os.urandom(20_000 + i) for i in range(2)]
-    async with loopback_proxies(2) as (a, b), _Feed(bodies) as feed:
+    async with loopback_proxies(2) as (a, b), Feed(media=bodies) as feed:
         proxies_file.write_text(f"{a.url}\n{b.url}\n")
         code, err = await cli("get", "--resolve", feed.url, "-o", f"{tmp_path / 'dl'}/", "--proxy-file",
                               str(proxies_file), *FAST)

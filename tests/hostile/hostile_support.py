@@ -9,15 +9,13 @@ is left behind.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cli_support import run
 
 import rangestream
 
@@ -55,24 +53,9 @@ async def fetch(url: str, *, unordered: bool = False, **options: Any) -> bytes:
         return bytes(out)
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RANGESTREAM_")}
-    env.pop("COLUMNS", None)
-    return env
-
-
 async def cli(*args: str, timeout: float = 60, cwd: Path | None = None) -> tuple[int, bytes, str]:
     """``rangestream ARGS`` as a subprocess; returns (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rangestream", *args, cwd=cwd, env=_env(),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out or b"", err.decode(errors="replace")
+    return await run(*args, timeout=timeout, cwd=cwd)
 
 
 async def check_cli(url: str, tmp_path: Path, *, expected: bytes | None = None, exit_code: int = 0,
