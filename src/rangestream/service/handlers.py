@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -162,12 +162,7 @@ async def _serve_once(request: web.Request, state: State, url: str, ranged: bool
             raise unsatisfiable(size)
         pieces = stream.__aiter__()
         stack.push_async_callback(pieces.aclose)
-        try:
-            first_piece = await pieces.__anext__()
-        except StopAsyncIteration:
-            first_piece = b""
-        except RangestreamError as e:
-            raise reply_for(e) from None
+        first_piece = await first_of(pieces)
         resp = _media_response(url, ranged, start, stop, size)
         await resp.prepare(request)
         if head:
@@ -248,6 +243,17 @@ async def mux_handler(request: web.Request) -> web.StreamResponse:
             "Content-Type": MUX_TYPES[fmt], **MEDIA_HEADERS, "Accept-Ranges": "none"})
         resp.enable_chunked_encoding()
         return await run_mux(request, resp, streams, fmt, state)
+
+
+async def first_of(pieces: AsyncIterator[bytes]) -> bytes:
+    """A stream's first piece (b"" for an empty object): waited for before any header is sent,
+    so a failure here is still a proper error reply."""
+    try:
+        return await pieces.__anext__()
+    except StopAsyncIteration:
+        return b""
+    except RangestreamError as e:
+        raise reply_for(e) from None
 
 
 async def enter_input(stack: contextlib.AsyncExitStack, state: State, name: str, url: str,

@@ -55,8 +55,8 @@ from ..refresh import (
     is_page_url,
 )
 from .guard import Guard, UpstreamRefused
-from .handlers import MEDIA_HEADERS, MUX_TYPES, Output, abort, enter_input, run_mux
-from .replies import Reply, log_safe, reply_for
+from .handlers import MEDIA_HEADERS, MUX_TYPES, Output, abort, enter_input, first_of, run_mux
+from .replies import Reply, log_safe
 from .state import STATE, State
 from .watch import (
     CONTAINERS,
@@ -357,12 +357,7 @@ async def _send(request: web.Request, state: State, res: Resolution, resolver: R
 async def _send_single(request: web.Request, state: State, resp: _CountingResponse, pieces: Any,
                        job: Job) -> None:
     """One stream as it is; headers (with the length) once its first byte arrived."""
-    try:
-        first = await pieces.__anext__()
-    except StopAsyncIteration:
-        first = b""
-    except RangestreamError as e:
-        raise reply_for(e) from None
+    first = await first_of(pieces)
     size = job.inputs["media"]["size"]
     if size is not None:
         resp.content_length = size
