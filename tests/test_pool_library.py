@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 import rangestream
-from rangestream import Client, NoProxyAvailableError, ProxyError, ProxyPool
+from rangestream import Client, NoProxyAvailableError, ObjectChangedError, ProxyError, ProxyPool
 from rangestream.refresh import ResolveError, Resolver
 from rangestream.testing import FAST_RETRY
 from tests.proxy_support import LoopbackProxy, SourceOrigin, loopback_proxies
@@ -195,6 +196,51 @@ async def test_a_bot_check_mid_download_moves_and_unordered_pieces_cover_each_by
         assert set(times[::4096]) == {1}
         assert origin.remotes.count(a.source) > 5 and b.source in origin.remotes
         assert pool.proxies[0].bot_checks_total == 1
+
+
+class ChangingOrigin(SourceOrigin):
+    """Sends an ETag; the object is replaced (new bytes, new ETag, ``grow`` more bytes) the moment
+    it first answers a bot check, i.e. while the download moves to another proxy."""
+
+    def __init__(self, body: bytes, *, grow: int = 0) -> None:
+        super().__init__(body)
+        self.etag = '"v1"'
+        self.grow = grow
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        resp = await super()._file(request)
+        if resp.status == 403 and self.etag == '"v1"':
+            self.body, self.etag = os.urandom(len(self.body) + self.grow), '"v2"'
+        elif resp.status != 403:
+            resp.headers["ETag"] = self.etag
+        return resp
+
+
+@pytest.mark.parametrize("grow", [0, 5000], ids=["same size, new ETag", "larger"])
+@pytest.mark.parametrize("unordered", [False, True], ids=["in order", "unordered"])
+async def test_an_object_changed_during_a_move_is_object_changed_counting_every_delivered_byte(
+        grow: int, unordered: bool) -> None:
+    """The new proxy's stream must not splice the new version onto the old one, and the error's
+    offset is what the consumer got (the bytes before the move included), all of them the old
+    version's."""
+    body = os.urandom(1 << 20)
+    async with loopback_proxies(2) as (a, b), ChangingOrigin(body, grow=grow) as origin:
+        origin.bot_check_after = {a.source: 4}
+        spans: list[tuple[int, bytes]] = []
+        async with Client(proxies=ProxyPool([a.url, b.url])) as client:
+            with pytest.raises(ObjectChangedError) as caught:
+                async with client.open_stream(origin.url, **OPTS) as stream:
+                    if unordered:
+                        async for offset, piece in stream.unordered():
+                            spans.append((offset, piece))
+                    else:
+                        async for piece in stream:
+                            spans.append((sum(len(p) for _, p in spans), piece))
+        delivered = sum(len(p) for _, p in spans)
+        assert stream.moves == 1 and delivered >= CHUNK  # it delivered before moving
+        assert caught.value.offset == delivered
+        for offset, piece in spans:  # every byte delivered is the old version's
+            assert piece == body[offset:offset + len(piece)], offset
 
 
 async def test_an_ip_bound_url_is_re_resolved_through_the_refresh_hook_before_the_move() -> None:

@@ -397,6 +397,9 @@ class PooledStream:
                 return
             except EgressLost as e:
                 await self._move(e)
+            except StreamError as e:
+                self._count(e)
+                raise
             finally:
                 await pieces.aclose()
 
@@ -410,8 +413,17 @@ class PooledStream:
                 return
             except EgressLost as e:
                 await self._move(e)
+            except StreamError as e:
+                self._count(e)
+                raise
             finally:
                 await pieces.aclose()
+
+    def _count(self, e: StreamError) -> None:
+        """``e`` saying how many bytes this download delivered: after a move, the engine stream
+        that raised it counts only its own, but the consumer got every byte before it too."""
+        if self.moves:
+            e.offset = self._delivered
 
     # -- what is left ------------------------------------------------------------------
 
@@ -481,6 +493,9 @@ class PooledStream:
             except EgressLost as again:
                 lost = again
                 continue
+            except StreamError as e:  # the object changed meanwhile, ...: say what this download delivered
+                self._count(e)
+                raise
             if size is not None and self._inner.size is not None and self._inner.size != size:
                 raise ObjectChangedError(f"the object's size changed from {size} to {self._inner.size} "
                                          f"while moving to proxy {proxy.label}", url=self._url,
