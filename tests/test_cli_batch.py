@@ -174,3 +174,45 @@ async def test_ctrl_c_stops_every_job_and_saves_every_sidecar(origin, tmp_path):
     assert err.count("Resuming") == 3
     assert (tmp_path / "c" / f"{size}.bin").read_bytes() == origin.content("s0", size)
     assert sorted(os.listdir(tmp_path / "c")) == [f"{size}.1.bin", f"{size}.2.bin", f"{size}.bin"]
+
+
+async def test_an_input_file_saved_with_a_bom_and_crlf_lines_is_read(origin, tmp_path):
+    urls = [origin.url(20_000 + i, f"bom{i}") for i in range(2)]
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + "".join(f"{u}\r\n" for u in urls).encode())  # as Notepad saves it
+    rc, _, err = await run("get", "-i", str(listing), "-o", "d/", "--quiet", cwd=tmp_path)
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["20000.bin", "20001.bin"]
+
+
+async def test_a_url_with_control_characters_is_refused_and_never_reaches_the_terminal(origin, tmp_path):
+    listing = tmp_path / "list.txt"
+    good = origin.url(1000, "fine")
+    listing.write_text(f"{good}\n{origin.base_url}/x\x1b]0;pwned\x07.bin\n{origin.base_url}/nul\x00.bin\n")
+    rc, _, err = await run("get", "-i", str(listing), "-o", "d/", cwd=tmp_path)
+    assert rc == 2, err
+    assert "list.txt:2: bad URL" in err and "control characters" in err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;pwned\\x07" in err  # shown escaped
+    assert origin.log == []  # refused before any request
+
+
+async def test_a_symlinked_download_archive_is_refused_before_any_download(origin, tmp_path):
+    real = tmp_path / "real-archive.txt"
+    real.write_text("# done\r\n")
+    (tmp_path / "seen.txt").symlink_to(real)
+    urls = [origin.url(1000 + i, f"ln{i}") for i in range(2)]
+    rc, _, err = await run("get", *urls, "-o", "d/", "--download-archive", "seen.txt", cwd=tmp_path)
+    assert rc == 6, err
+    assert "symbolic link" in err
+    assert origin.log == []  # was: both downloaded, then each "failed" (exit 6) appending to the archive
+    assert real.read_bytes() == b"# done\r\n"
+
+
+async def test_names_differing_only_in_case_get_distinct_files(origin, tmp_path):
+    urls = [origin.add_object(name, name.encode() * 100, "video/mp4") for name in ("Clip.mp4", "clip.mp4")]
+    rc, _, err = await run("get", *urls, "-o", "d/", "--quiet", cwd=tmp_path)
+    assert rc == 0, err
+    # On a case-insensitive filesystem (macOS, FAT/exFAT, a Windows share) the two must not be one file.
+    names = sorted(p.name for p in (tmp_path / "d").iterdir())
+    assert names == ["Clip.mp4", "clip.1.mp4"], names
+    assert (tmp_path / "d" / "clip.1.mp4").read_bytes() == b"clip.mp4" * 100

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -53,6 +54,8 @@ def check_url(url: str) -> str:
         raise UsageError(f"bad URL {redact_url(url)}: port 0")
     if any(c.isspace() for c in url):
         raise UsageError(f"bad URL {redact_url(url)}: contains whitespace (quote it, or encode spaces as %20)")
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in url):  # NUL, ESC, U+202E...: never a real URL
+        raise UsageError(f"bad URL {redact_url(url)}: contains control characters")
     return url
 
 

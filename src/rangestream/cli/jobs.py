@@ -40,6 +40,7 @@ def read_url_list(path: str) -> list[tuple[str, str]]:
         raise UsageError(f"-i {path}: cannot read it ({e.strerror or e})") from None
     if len(text) > MAX_INPUT_BYTES:
         raise UsageError(f"-i {path}: larger than {MAX_INPUT_BYTES >> 20} MiB")
+    text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors save one) is not part of a URL
     name = "stdin" if path == "-" else path
     return [(f"{name}:{n}", line.strip()) for n, line in enumerate(text.splitlines(), 1)
             if line.strip() and not line.strip().startswith("#")]
@@ -160,4 +161,7 @@ class Placer:
 
     @staticmethod
     def _key(path: str) -> str:
-        return os.path.normcase(os.path.abspath(path))
+        # Case folded even where the filesystem tells case apart: a download directory on a
+        # case-insensitive one (macOS, a FAT/exFAT stick, a Windows share) would otherwise give
+        # "Clip.mp4" and "clip.mp4" one file.
+        return os.path.normcase(os.path.abspath(path)).casefold()

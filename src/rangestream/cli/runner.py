@@ -18,7 +18,7 @@ from ..output import silence_stdout
 from ..redact import redact_text
 from .args import make_client
 from .exits import EXIT_BROKEN_PIPE, EXIT_FAILURE, PROG, Interrupted, classify, is_broken_pipe
-from .ui import Display, Summary, setup_logging, write_json_summary
+from .ui import Display, Summary, setup_logging, terminal_safe, write_json_summary
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -92,8 +92,8 @@ def execute(args: argparse.Namespace, display: Display, summary: Summary,
         code = 128 + signum
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         summary.error = what
-        display.console.print(f"{PROG}: {what}" + (f"; {ctx.interrupt_note}" if ctx.interrupt_note else ""),
-                              style="yellow", markup=False, highlight=False)
+        note = f"; {ctx.interrupt_note}" if ctx.interrupt_note else ""
+        display.console.print(terminal_safe(f"{PROG}: {what}{note}"), style="yellow", markup=False, highlight=False)
     except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit code
         display.stop()
         if isinstance(e, SystemExit):
@@ -114,7 +114,7 @@ def execute(args: argparse.Namespace, display: Display, summary: Summary,
             display.error(message)
             for extra in (ctx.hint, hint):
                 if extra:
-                    display.console.print(f"{PROG}: {extra}", markup=False, highlight=False)
+                    display.console.print(terminal_safe(f"{PROG}: {extra}"), markup=False, highlight=False)
     summary.exit_code = code
     if getattr(args, "json", False) or getattr(args, "json_file", None):
         write_json_summary(args, summary, display.console)

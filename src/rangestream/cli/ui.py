@@ -82,6 +82,18 @@ def make_console() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True, quiet=False)
 
 
+# C0/C1 controls (ESC starts terminal sequences: colours, the window title, hyperlinks) other
+# than the newline and tab our own messages use, and Unicode's line/paragraph separators.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``): messages quote titles, URLs and
+    lines of ``-i`` files, which a hostile page or list could fill with terminal escapes."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                         else f"\\u{ord(m.group()):04x}", text)
+
+
 class Display:
     """Progress on stderr: a rich bar on a terminal, a plain line every ~2 s otherwise,
     nothing with ``--quiet``. Also where warnings and the summary are printed."""
@@ -104,15 +116,17 @@ class Display:
     def note(self, message: str, style: str | None = None) -> None:
         """An informational line (suppressed by --quiet)."""
         if not self.quiet:
-            self.console.print(message, style=style, markup=False, highlight=False)
+            self.console.print(terminal_safe(message), style=style, markup=False, highlight=False)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"{PROG}: warning: {message}", style="yellow", markup=False, highlight=False)
+            self.console.print(f"{PROG}: warning: {terminal_safe(message)}", style="yellow", markup=False,
+                               highlight=False)
 
     def error(self, message: str) -> None:
         """Errors are shown even with --quiet."""
-        self.console.print(f"{PROG}: error: {message}", style="bold red", markup=False, highlight=False)
+        self.console.print(f"{PROG}: error: {terminal_safe(message)}", style="bold red", markup=False,
+                           highlight=False)
 
     # progress ----------------------------------------------------------------------------
     def start(self, label: str, total: int | None, completed: int = 0) -> None:

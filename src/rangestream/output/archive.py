@@ -23,10 +23,14 @@ class DownloadArchive:
     def load(self) -> DownloadArchive:
         """Read the keys (a missing file is an empty archive); blank lines and ``#`` comments skipped."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            # Not through a symlink, as add() refuses to append through one: refused now, before
+            # any download, not after each one has completed.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError:
             return self
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise _symlink_refused(self.path, e.errno) from None
             raise local_io_error(e, self.path, "read") from e
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -54,8 +58,7 @@ class DownloadArchive:
             fd = os.open(self.path, flags, 0o644)
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise LocalIOError(f"--download-archive {self.path} is a symbolic link: refusing to "
-                                   f"write through it", e.errno) from None
+                raise _symlink_refused(self.path, e.errno) from None
             raise local_io_error(e, self.path, "append to") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -69,6 +72,11 @@ class DownloadArchive:
         finally:
             os.close(fd)  # also releases the lock
         self._keys.add(key)
+
+
+def _symlink_refused(path: str, errno_: int) -> LocalIOError:
+    return LocalIOError(f"--download-archive {path} is a symbolic link: refusing to use it (give the file "
+                        f"it points to)", errno_)
 
 
 def _ends_with_newline(fd: int) -> bool:
