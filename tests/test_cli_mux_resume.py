@@ -127,3 +127,27 @@ async def test_page_mux_to_a_file_resumes_after_a_kill(origin, tmp_path):
     fetched_again = sum(rec.bytes_sent for rec in origin.log[first:] if rec.path == "/videoplayback")
     assert fetched_again < len(video) + len(audio)
     assert sorted(durations(str(tmp_path / "page.mp4"))) == ["audio", "video"]
+
+
+async def test_mux_with_force_killed_mid_download_still_resumes_its_parts(origin, tmp_path):
+    """--force replaces an existing FILE; it must not throw away the parts of an interrupted run:
+    the same command run again (with --force) continues them."""
+    video, audio = await clips()
+    origin.add_object("fv", video, "video/mp4")
+    origin.add_object("fa", audio, "audio/mp4")
+    (tmp_path / "out.mp4").write_bytes(b"an older file")
+    slow = [origin.media_url("fv", rate=20_000), origin.media_url("fa", rate=8_000)]
+    proc = await start("mux", *slow, "-o", "out.mp4", "--force", "--chunk-size", "32K", "--window", "2",
+                       cwd=tmp_path)
+    sidecars = [tmp_path / "out.mp4.video.part.json", tmp_path / "out.mp4.audio.part.json"]
+    await wait_for_parts(proc, sidecars, [2 * CHUNK, CHUNK // 2])
+    proc.kill()
+    await proc.wait()
+    assert (tmp_path / "out.mp4").read_bytes() == b"an older file"
+    rc, _, err = await run("mux", origin.media_url("fv"), origin.media_url("fa"), "-o", "out.mp4", "--force",
+                           "--chunk-size", "32K", "--json", cwd=tmp_path)
+    assert rc == 0, err
+    assert err.count("Resuming") == 2, err
+    assert json.loads(err.strip().splitlines()[-1])["resumed_from"] >= 2 * CHUNK + CHUNK // 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+    assert sorted(durations(str(tmp_path / "out.mp4"))) == ["audio", "video"]

@@ -5,6 +5,7 @@ are removed only after a successful mux. A re-run fetches only what each part is
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -39,7 +40,10 @@ async def mux_via_parts(ctx: Context, inputs: list[tuple[str, str, dict[str, Any
     summary.output = out
     started = time.monotonic()
     whole = SumDisplay(display, os.path.basename(out), [name for name, _, _ in inputs])
-    subs = {name: Context(ctx.args, whole.part(name), Summary(command="get")) for name, _, _ in inputs}
+    # --force is about replacing FILE (decided by the caller); the parts still resume, so the
+    # same command run again after a crash continues instead of fetching everything again.
+    args = argparse.Namespace(**{**vars(ctx.args), "force": False})
+    subs = {name: Context(args, whole.part(name), Summary(command="get")) for name, _, _ in inputs}
     try:
         async with client_for(ctx) as client:
             for sub in subs.values():
