@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from cli_support import Feed, cli_env, run, start
 from test_cli import last_json
 
@@ -216,3 +217,88 @@ async def test_names_differing_only_in_case_get_distinct_files(origin, tmp_path)
     names = sorted(p.name for p in (tmp_path / "d").iterdir())
     assert names == ["Clip.mp4", "clip.1.mp4"], names
     assert (tmp_path / "d" / "clip.1.mp4").read_bytes() == b"clip.mp4" * 100
+
+
+class TwoPages:
+    """Two DASH-manifest pages titled alike (yt-dlp's generic extractor names both "watch"),
+    ``/a/watch.mpd`` and ``/b/watch.mpd``, each one combined format: the origin object of its
+    name. Each page is asked for twice: listed (``--resolve`` asks yt-dlp whether it is a
+    playlist, one page after the other), then resolved by its job. The ``slow`` page's
+    resolution is answered only once the other page's video has been asked for (at most 1 s
+    later), so the later page in the list may resolve first."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin, self.url = origin, ""
+        self.slow, self.hits = "", {"a": 0, "b": 0}
+
+    def slow_down(self, name: str) -> None:
+        self.slow, self.hits = name, {"a": 0, "b": 0}
+
+    async def _manifest(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.hits[name] += 1
+        if name == self.slow and self.hits[name] == 2:
+            other = f"/media/{'b' if name == 'a' else 'a'}"
+            deadline = time.monotonic() + 1.0  # names given in list order: the other waits for this one
+            while time.monotonic() < deadline and not any(r.path == other for r in self.origin.log):
+                await asyncio.sleep(0.02)
+        rep = (f'<AdaptationSet mimeType="video/mp4"><Representation id="18" codecs="avc1.64000d,mp4a.40.2" '
+               f'bandwidth="100000" width="320" height="240"><BaseURL>{self.origin.media_url(name)}</BaseURL>'
+               f"</Representation></AdaptationSet>")
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+                'mediaPresentationDuration="PT2S" minBufferTime="PT1S" '
+                f'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period>{rep}</Period></MPD>\n')
+        return web.Response(text=body, content_type="application/dash+xml")
+
+    async def __aenter__(self) -> TwoPages:
+        app = web.Application()
+        app.router.add_get("/{name}/watch.mpd", self._manifest)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/{{}}/watch.mpd"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+async def test_same_titled_pages_are_named_in_list_order_whichever_resolves_first(origin, tmp_path):
+    pytest.importorskip("yt_dlp")
+    data = {"a": b"A" * 40_000, "b": b"B" * 50_000}
+    for name, body in data.items():
+        origin.add_object(name, body, "video/mp4")
+    async with TwoPages(origin) as pages:
+        args = ("get", "--resolve", pages.url.format("a"), pages.url.format("b"), "-o", "d/", "-j", "2")
+        pages.slow_down("a")  # b resolves first: was given watch.mp4
+        rc, _, err = await run(*args, cwd=tmp_path, timeout=60)
+        assert rc == 0, err
+        assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["watch.1.mp4", "watch.mp4"]
+        assert (tmp_path / "d" / "watch.mp4").read_bytes() == data["a"]
+        assert (tmp_path / "d" / "watch.1.mp4").read_bytes() == data["b"]
+        # b's download lost; a re-run where a resolves first gives the same names: a's file is
+        # kept, b is downloaded again (was: a skipped as "already exists" under b's name).
+        (tmp_path / "d" / "watch.1.mp4").unlink()
+        pages.slow_down("b")
+        before = len(origin.log)
+        rc, _, err = await run(*args, cwd=tmp_path, timeout=60)
+    assert rc == 0, err
+    assert "1 saved, 1 skipped, 0 failed of 2" in err
+    assert (tmp_path / "d" / "watch.mp4").read_bytes() == data["a"]
+    assert (tmp_path / "d" / "watch.1.mp4").read_bytes() == data["b"]
+    assert not any(r.path == "/media/a" for r in origin.log[before:])
+
+
+async def test_a_template_repeating_a_long_title_is_shortened_to_the_name_limit(origin, tmp_path):
+    # Two titles alike but for their last character, each within the limit alone (not twice).
+    prefix = "t" * 242
+    urls = [origin.add_object(f"{prefix}{n}.mp4", n.encode() * 1000, "video/mp4") for n in "12"]
+    rc, _, err = await run("get", *urls, "-o", "t/%(title)s - %(title)s.%(ext)s", "--quiet", cwd=tmp_path)
+    assert rc == 0, err  # was: exit 6 for each, "File name too long"
+    # Cut to the limit (room left for .part.json) keeping .mp4: the two names meet, the second
+    # is numbered within the limit too.
+    limit = min(255, os.pathconf(tmp_path, "PC_NAME_MAX")) - len(".part.json")
+    first, second = prefix[: limit - 4] + ".mp4", prefix[: limit - 6] + ".1.mp4"
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted([first, second])
+    assert (tmp_path / "t" / first).read_bytes() == b"1" * 1000
+    assert (tmp_path / "t" / second).read_bytes() == b"2" * 1000

@@ -16,7 +16,7 @@ from ..output import DownloadArchive, human_bytes
 from ..redact import redact_text, redact_url
 from .args import make_client
 from .exits import EXIT_OK, PROG, classify, worst_code
-from .jobs import Job
+from .jobs import Job, NameOrder
 from .progress import MultiDisplay
 from .proxies import job_lease, release_command_lease
 from .runner import Context
@@ -41,6 +41,7 @@ async def record(job: Job, archive: DownloadArchive | None) -> None:
 
 
 RunJob = Callable[[Context, Job], Awaitable[int]]
+Place = Callable[[dict[str, object], str], str]
 
 
 async def run_batch(ctx: Context, jobs: list[Job], archive: DownloadArchive | None, run_job: RunJob) -> int:
@@ -55,38 +56,62 @@ async def run_batch(ctx: Context, jobs: list[Job], archive: DownloadArchive | No
     width = len(str(len(jobs)))
     for n, job in enumerate(jobs, 1):
         job.label = f"[{n:>{width}}/{len(jobs)}]"
+    order = NameOrder(len(jobs))
 
-    async def one(job: Job) -> None:
-        async with gate:
-            jargs = argparse.Namespace(**vars(args))
-            jargs._connections = share
-            jd = multi.job(job.label)
-            jctx = Context(jargs, jd, Summary(command="get"), client=client, place=ctx.place)
-            try:
-                results.append(await _job(jctx, job, archive, run_job))
-            except BaseException:
-                if jctx.interrupt_note:
-                    saved.append(jctx.interrupt_note)
-                raise
-            finally:
-                last = results[-1] if results and results[-1].job is job else None
-                multi.finish(jd.line, "failed" if last is None or last.code else "skipped" if last.skipped else "done")
-            if args.json:
-                _print_job_json(job, results[-1])
+    async def one(index: int, job: Job) -> None:
+        try:
+            if not archived(job, archive):
+                # Before the gate and the job's proxy: a job waiting for its turn holds neither.
+                await order.turn(index)
+            async with gate:
+                jargs = argparse.Namespace(**vars(args))
+                jargs._connections = share
+                jd = multi.job(job.label)
+                jctx = Context(jargs, jd, Summary(command="get"), client=client,
+                               place=_placing(ctx, order, index))
+                try:
+                    results.append(await _job(jctx, job, archive, run_job))
+                except BaseException:
+                    if jctx.interrupt_note:
+                        saved.append(jctx.interrupt_note)
+                    raise
+                finally:
+                    last = results[-1] if results and results[-1].job is job else None
+                    multi.finish(jd.line, "failed" if last is None or last.code else
+                                 "skipped" if last.skipped else "done")
+        finally:
+            order.done(index)
+        if args.json:
+            _print_job_json(job, results[-1])
 
     await release_command_lease(args)  # each job holds its own proxy (_job)
     try:
         # The budget is also a hard cap per host: a split or an early next request never goes beyond it.
         async with make_client(args, limit_per_host=args.max_connections) as client, multi.running():
             async with asyncio.TaskGroup() as tg:
-                for job in jobs:
-                    tg.create_task(one(job), name=f"rangestream-job-{job.label}")
+                for index, job in enumerate(jobs):
+                    tg.create_task(one(index, job), name=f"rangestream-job-{job.label}")
     finally:
         summary.seconds = time.monotonic() - started
         if saved:
             ctx.interrupt_note = (f"{len(saved)} partial download{'s' if len(saved) != 1 else ''} saved; "
                                   f"run the same command again to resume")
     return _report(ctx, multi, results)
+
+
+def _placing(ctx: Context, order: NameOrder, index: int) -> Place | None:
+    """``ctx.place`` for job ``index``: the next job may take its name once this one has its own."""
+    place = ctx.place
+    if place is None:
+        return None
+
+    def placed(fields: dict[str, object], default_name: str) -> str:
+        try:
+            return place(fields, default_name)
+        finally:
+            order.done(index)
+
+    return placed
 
 
 async def _job(jctx: Context, job: Job, archive: DownloadArchive | None, run_job: RunJob) -> Result:

@@ -5,6 +5,7 @@ a template), with no two jobs ever given one path; ``--playlist-items``."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import sys
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from ..output import default_output_name, is_template, render_template, safe_file_name
+from ..output.names import fit_path
 from ..redact import redact_url
 from .args import check_url
 from .exits import UsageError
@@ -151,10 +153,11 @@ class Placer:
         return path
 
     def _claim(self, path: str) -> str:
-        stem, ext = os.path.splitext(path)
         candidate, n = path, 0
         while self._key(candidate) in self._claimed:
             n += 1
+            # Room for ".N" within the filesystem's name limit, which a long title already fills.
+            stem, ext = os.path.splitext(fit_path(path, reserve=len(f".{n}")))
             candidate = f"{stem}.{n}{ext}"
         self._claimed.add(self._key(candidate))
         return candidate
@@ -165,3 +168,31 @@ class Placer:
         # case-insensitive one (macOS, a FAT/exFAT stick, a Windows share) would otherwise give
         # "Clip.mp4" and "clip.mp4" one file.
         return os.path.normcase(os.path.abspath(path)).casefold()
+
+
+class NameOrder:
+    """Names given in the order asked, whatever order the jobs get to them in: a page job only
+    knows its title once yt-dlp has resolved it, and with ``-j N`` or ``--proxy-file`` (a job waits
+    for a proxy) the second page may resolve first. Numbering clashes in arrival order would give
+    the same list different names on each run: a re-run would then find video A's file under
+    video B's name, skip B as "already exists" and record it in the archive.
+
+    Job ``i`` may ask for its name (:meth:`turn`) once every earlier job has its own or has ended
+    (:meth:`done`); its download then runs alongside the earlier ones."""
+
+    def __init__(self, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._ready = [loop.create_future() for _ in range(count)]  # job i and all before it: named
+        self._done = [False] * count
+
+    async def turn(self, index: int) -> None:
+        if index:
+            await asyncio.shield(self._ready[index - 1])
+
+    def done(self, index: int) -> None:
+        """Job ``index`` has its name, or never will (failed, skipped, cancelled)."""
+        self._done[index] = True
+        while index < len(self._ready) and self._done[index] and (index == 0 or self._ready[index - 1].done()):
+            if not self._ready[index].done():
+                self._ready[index].set_result(None)
+            index += 1

@@ -39,8 +39,13 @@ def safe_file_name(name: str, fallback: str = "download", directory: str = ".") 
     name = "".join("_" if c in "/\\" or unicodedata.category(c) == "Cc" else c
                    for c in name if unicodedata.category(c) != "Cf")
     name = name.strip().lstrip(".").strip()
-    name = name or fallback
-    limit = name_max(directory)
+    return fit_name(name or fallback, directory, fallback)
+
+
+def fit_name(name: str, directory: str = ".", fallback: str = "download", reserve: int = 0) -> str:
+    """``name`` shortened to the filesystem's limit (:func:`name_max`) less ``reserve`` bytes,
+    keeping its extension."""
+    limit = name_max(directory) - reserve
     if len(name.encode()) <= limit:
         return name
     stem, ext = os.path.splitext(name)
@@ -48,6 +53,16 @@ def safe_file_name(name: str, fallback: str = "download", directory: str = ".") 
         stem, ext = name, ""
     stem = stem.encode()[: limit - len(ext.encode())].decode("utf-8", errors="ignore").rstrip()
     return (stem or fallback[:16]) + ext
+
+
+def fit_path(path: str, reserve: int = 0) -> str:
+    """``path`` with its file name shortened as :func:`fit_name` does, for the filesystem of its
+    directory (or of its nearest existing parent: a template's directories are made later)."""
+    parent, name = os.path.split(path)
+    directory = os.path.abspath(parent or ".")
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)
+    return os.path.join(parent, fit_name(name, directory, reserve=reserve))
 
 
 def is_template(output: str | None) -> bool:
@@ -63,7 +78,8 @@ class _Fields(dict[str, object]):
 def render_template(template: str, fields: dict[str, object]) -> str:
     """``template`` filled from ``fields`` (yt-dlp's field names: title, id, ext, playlist_index...).
     Every value is made a safe file name first, so a title cannot add a directory or a control
-    character; the template's own ``/`` are the user's directories. ValueError if it is malformed."""
+    character; the template's own ``/`` are the user's directories; the file name is shortened to
+    the filesystem's limit keeping its extension. ValueError if the template is malformed."""
     safe = _Fields({k: v if isinstance(v, int) and not isinstance(v, bool) else safe_file_name(str(v), "NA")
                     for k, v in fields.items() if v is not None and v != ""})
     try:
@@ -72,4 +88,6 @@ def render_template(template: str, fields: dict[str, object]) -> str:
         raise ValueError(f"bad output template {template!r}: {e}") from None
     if not path or path.endswith("/") or os.path.basename(path) in (".", ".."):
         raise ValueError(f"the output template {template!r} gives no file name ({path!r})")
-    return path
+    # Each value fits on its own, but the template may repeat or join them (``%(title)s -
+    # %(title)s``): the whole name over the filesystem's limit would fail every download.
+    return fit_path(path)
