@@ -34,6 +34,7 @@ def parfive_get(url: str, out: str, opts: dict[str, int]) -> None:
 def pypdl_get(url: str, out: str, opts: dict[str, int]) -> None:
     from pypdl import Pypdl
 
+    os.chdir(os.path.dirname(os.path.abspath(out)))  # pypdl writes pypdl.log into the working directory
     dl = Pypdl()
     dl.start(url, out, display=False, block=True, **opts)
     if dl.failed:

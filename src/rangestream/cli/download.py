@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from ..engine import Stream
 
 
-ORDERED_GATHER = 1 << 20  # bytes the in-order writer gathers while its previous write is pending
 
 
 async def get_url(ctx: Context, url: str, default_name: str, fields: dict[str, object] | None = None) -> int:
@@ -97,9 +96,6 @@ async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
     summary.output = output
     ctx.ordered_output = output
     writer = StdoutWriter(fd)
-    # Gather little while a write is pending: what the writer holds hides a slow reader from
-    # the stream (its auto window grows and reads ahead for nothing) and adds to the memory.
-    writer.LIMIT = ORDERED_GATHER
     label = "stdout" if output == "-" else os.path.basename(output)
     hasher = hashlib.sha256() if args.sha256 else None
     started = time.monotonic()

@@ -48,7 +48,9 @@ class StdoutWriter:
     """Writes to fd 1 from a worker thread, so a slow pipe never blocks the event loop;
     pieces that arrive meanwhile are gathered (bounded) into the next write."""
 
-    LIMIT = 8 << 20
+    # Gather little while a write is pending: bytes held here hide a slow reader from the
+    # stream (its auto window would grow and read ahead for nothing) and add to the memory.
+    LIMIT = 1 << 20
 
     def __init__(self, fd: int = 1) -> None:
         self.fd = fd
