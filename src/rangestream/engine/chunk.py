@@ -249,10 +249,11 @@ class Chunks:
                 return
             if not window.delivery.may_read(window, slot):
                 await window.wait_may_read(slot)
-            slot.waiting_since = since = time.monotonic()
+            slot.waiting_since = asked = time.monotonic()
             piece = await resp.read_piece()
-            since = time.monotonic() - since
-            slot.gap = max(slot.gap, since)  # this connection's pacing: the stall test's yardstick
+            waited = time.monotonic() - asked
+            if waited > slot.gap:
+                slot.gap = waited  # this connection's pacing: the stall test's yardstick
             slot.waiting_since = None  # blocked on the budget is not stalled
             stop = slot.range.stop
             end = stop if body_stop is None or (stop is not None and stop < body_stop) else body_stop
@@ -279,6 +280,7 @@ class Chunks:
             slot.pos = pos
             pieces.append(piece)
             slot.buffered += n
-            window.buffered += n
-            stats.buffered_peak = max(stats.buffered_peak, window.buffered)
+            buffered = window.buffered = window.buffered + n
+            if buffered > stats.buffered_peak:  # a compare, not max(): this runs once per piece
+                stats.buffered_peak = buffered
             slot.wakeup.set()
