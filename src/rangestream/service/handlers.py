@@ -101,7 +101,7 @@ async def _open_failed(state: State, url: str, start: int, error: RangestreamErr
     return reply_for(error)
 
 
-def _bounds(url: str, spec: Spec | None, size: int | None) -> tuple[Spec | None, int, int | None]:
+def _bounds(spec: Spec | None, size: int | None) -> tuple[Spec | None, int, int | None]:
     """(spec, start, stop) for a parsed Range once the size is known where needed."""
     if spec is None:
         return None, 0, None
@@ -120,7 +120,7 @@ async def _serve_stream(request: web.Request, state: State, url: str, spec: Spec
     size: int | None = size_from_url(url) if spec is not None else None
     if spec is not None and spec[0] is None and size is None:  # a suffix range needs the size
         size = await _probe_size(state, url)
-    spec, start, stop = _bounds(url, spec, size)
+    spec, start, stop = _bounds(spec, size)
     if spec is not None and size is not None and start >= size:
         raise unsatisfiable(size)
     if size is not None and stop is not None:

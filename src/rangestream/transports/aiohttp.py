@@ -190,7 +190,7 @@ class AiohttpTransport:
                 return await session.request(method, url, headers=self._headers(url, headers), data=data,
                                              proxy=proxy, timeout=timeout, allow_redirects=False, ssl=self._ssl)
         except aiohttp.ClientSSLError as e:  # before ValueError: a certificate error is one too
-            raise _tls_error(e, url, e.os_error) from None
+            raise _tls_error(url, e.os_error) from None
         except (aiohttp.InvalidURL, ValueError) as e:
             raise InvalidURLError(f"invalid URL {redact_url(url)}: {_describe(e)}") from None
         except TimeoutError as e:
@@ -245,7 +245,7 @@ def _parse_proxy(proxy: str) -> _Socks | None:
     return _Socks(ProxyType[kind], parts.hostname or "", parts.port or 1080, user, password, rdns)
 
 
-def _tls_error(e: aiohttp.ClientSSLError, url: str, original: BaseException) -> TLSError | TransientError:
+def _tls_error(url: str, original: BaseException) -> TLSError | TransientError:
     if isinstance(original, ssl.SSLCertVerificationError):
         why = original.verify_message or original.reason or "certificate verification failed"
         return tls_error(url, str(why), certificate=True)
