@@ -32,7 +32,7 @@ async def throttled(base: str, size: int) -> None:
     chunks = -(-size // CHUNK)
     rows = []
     for label, opts in [("window=1 (sequential)", dict(window=1)),
-                        ("window=2 (seed prefetch)", dict(window=2)),
+                        ("window=2 (next-request prefetch)", dict(window=2)),
                         ("window=2 + read-ahead", dict(window=2, max_buffer=CHUNK))]:
         res, stream = await run_rangestream(label, url, size, sha, chunk_size=CHUNK, **opts)
         rows.append(res)

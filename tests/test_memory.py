@@ -32,7 +32,7 @@ MiB = 1 << 20
 SIZE = 256 * MiB
 HEAD_QUEUE = 2 * MiB  # documented, not read from the engine: a bigger queue must fail here
 _PIECE = 2 * MiB  # the most one read_piece returns (aiohttp's readany of its buffer)
-# aiohttp pauses a socket once its buffer passes twice read_bufsize (1 MiB in transport.py),
+# aiohttp pauses a socket once its buffer passes twice read_bufsize (1 MiB in transports/aiohttp.py),
 # after one more socket read (256 KiB): what a connection holds that the engine does not count.
 _PER_CONNECTION = 2 * MiB + 256 * 1024
 CHUNK = 16 * MiB  # chunks far larger than the bound: a chunk read whole would break it

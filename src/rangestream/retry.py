@@ -17,7 +17,7 @@ class Retry:
     """How a chunk recovers from transient failures.
 
     ``attempts`` is the number of *retries* per chunk after its first request
-    (the seed's "3 retries"), so a chunk is requested at most ``attempts + 1``
+    (3 by default), so a chunk is requested at most ``attempts + 1``
     times for counted failures. Retry ``n`` (1-based) waits
     ``backoff * 2**(n-1)``, capped at ``cap``, scaled by a random factor in
     ``[1 - jitter, 1 + jitter]``; a server's ``Retry-After`` lengthens the wait
