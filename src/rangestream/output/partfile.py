@@ -15,9 +15,7 @@ import threading
 import time
 from typing import Any
 
-from ..errors import (
-    RangestreamError,
-)
+from ..errors import RangestreamError
 from ..plan import url_param
 from ..redact import redact_url
 from .errors import LocalIOError, human_bytes, local_io_error
@@ -25,6 +23,16 @@ from .sidecar import SIDECAR_SUFFIX, SIDECAR_VERSION, write_file_atomically
 from .spans import Spans
 
 CHECKPOINT_EVERY = 0.5  # seconds between sidecar saves (and fdatasync of FILE.part)
+
+
+def _symlink_refused(path: str) -> LocalIOError:
+    return LocalIOError(f"{path} is a symbolic link: refusing to write through it "
+                        f"(remove it, or choose another -o)", errno.ELOOP)
+
+
+def _not_regular_refused(path: str) -> LocalIOError:
+    return LocalIOError(f"{path} is not a regular file: refusing to write into it "
+                        f"(remove it, or choose another -o)")
 
 
 def open_part_fd(path: str) -> int:
@@ -35,14 +43,12 @@ def open_part_fd(path: str) -> int:
         fd = os.open(path, flags, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise LocalIOError(f"{path} is a symbolic link: refusing to write through it "
-                               f"(remove it, or choose another -o)", e.errno) from None
+            raise _symlink_refused(path) from None
         raise local_io_error(e, path, "open") from e
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise LocalIOError(f"{path} is not a regular file: refusing to write into it "
-                           f"(remove it, or choose another -o)")
+        raise _not_regular_refused(path)
     os.set_blocking(fd, True)
     return fd
 
@@ -55,11 +61,9 @@ def refuse_unsafe_part(path: str) -> None:
     except OSError:
         return
     if stat.S_ISLNK(mode):
-        raise LocalIOError(f"{path} is a symbolic link: refusing to write through it "
-                           f"(remove it, or choose another -o)", errno.ELOOP)
+        raise _symlink_refused(path)
     if not stat.S_ISREG(mode):
-        raise LocalIOError(f"{path} is not a regular file: refusing to write into it "
-                           f"(remove it, or choose another -o)")
+        raise _not_regular_refused(path)
 
 
 def open_locked(path: str) -> Any:
