@@ -6,6 +6,7 @@ emulated CDN on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -219,6 +220,16 @@ async def test_names_differing_only_in_case_get_distinct_files(origin, tmp_path)
     assert (tmp_path / "d" / "clip.1.mp4").read_bytes() == b"clip.mp4" * 100
 
 
+def manifest(media_url: str) -> str:
+    """A DASH manifest of one combined format (``media_url``) that yt-dlp's generic extractor reads."""
+    rep = (f'<AdaptationSet mimeType="video/mp4"><Representation id="18" codecs="avc1.64000d,mp4a.40.2" '
+           f'bandwidth="100000" width="320" height="240"><BaseURL>{media_url}</BaseURL>'
+           f"</Representation></AdaptationSet>")
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+            'mediaPresentationDuration="PT2S" minBufferTime="PT1S" '
+            f'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period>{rep}</Period></MPD>\n')
+
+
 class TwoPages:
     """Two DASH-manifest pages titled alike (yt-dlp's generic extractor names both "watch"),
     ``/a/watch.mpd`` and ``/b/watch.mpd``, each one combined format: the origin object of its
@@ -242,13 +253,7 @@ class TwoPages:
             deadline = time.monotonic() + 1.0  # names given in list order: the other waits for this one
             while time.monotonic() < deadline and not any(r.path == other for r in self.origin.log):
                 await asyncio.sleep(0.02)
-        rep = (f'<AdaptationSet mimeType="video/mp4"><Representation id="18" codecs="avc1.64000d,mp4a.40.2" '
-               f'bandwidth="100000" width="320" height="240"><BaseURL>{self.origin.media_url(name)}</BaseURL>'
-               f"</Representation></AdaptationSet>")
-        body = ('<?xml version="1.0" encoding="UTF-8"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
-                'mediaPresentationDuration="PT2S" minBufferTime="PT1S" '
-                f'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period>{rep}</Period></MPD>\n')
-        return web.Response(text=body, content_type="application/dash+xml")
+        return web.Response(text=manifest(self.origin.media_url(name)), content_type="application/dash+xml")
 
     async def __aenter__(self) -> TwoPages:
         app = web.Application()
@@ -302,3 +307,59 @@ async def test_a_template_repeating_a_long_title_is_shortened_to_the_name_limit(
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted([first, second])
     assert (tmp_path / "t" / first).read_bytes() == b"1" * 1000
     assert (tmp_path / "t" / second).read_bytes() == b"2" * 1000
+
+
+class HeldPages:
+    """Pages ``/{name}/watch.mpd`` (as :class:`TwoPages`) whose resolution (each page's second
+    request: the first is the playlist listing) is answered only once every page's resolution has
+    arrived, or ``hold`` seconds after the first arrived: ``seen`` is how many had arrived when the
+    first answer was sent."""
+
+    def __init__(self, origin: Origin, names: list[str], hold: float) -> None:
+        self.origin, self.names, self.hold, self.url = origin, names, hold, ""
+        self.hits = dict.fromkeys(names, 0)
+        self.arrived: list[str] = []
+        self.seen: int | None = None
+        self.all_in = asyncio.Event()
+
+    async def _manifest(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.hits[name] += 1
+        if self.hits[name] == 2:
+            self.arrived.append(name)
+            if len(self.arrived) == len(self.names):
+                self.all_in.set()
+            if self.seen is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.all_in.wait(), self.hold)
+                if self.seen is None:
+                    self.seen = len(self.arrived)
+        return web.Response(text=manifest(self.origin.media_url(name)), content_type="application/dash+xml")
+
+    async def __aenter__(self) -> HeldPages:
+        app = web.Application()
+        app.router.add_get("/{name}/watch.mpd", self._manifest)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/{{}}/watch.mpd"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+async def test_batch_pages_resolve_side_by_side_and_are_still_named_in_list_order(origin, tmp_path):
+    pytest.importorskip("yt_dlp")
+    data = {n: n.encode() * (20_000 + i) for i, n in enumerate("xyz")}
+    for name, body in data.items():
+        origin.add_object(name, body, "video/mp4")
+    async with HeldPages(origin, list(data), hold=3.0) as pages:
+        rc, _, err = await run("get", "--resolve", *(pages.url.format(n) for n in data), "-o", "d/", "-j", "3",
+                               cwd=tmp_path, timeout=60)
+    assert rc == 0, err
+    # Was 1: each job resolved its page only once the previous one had its name.
+    assert pages.seen == 3, (pages.seen, pages.arrived)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["watch.1.mp4", "watch.2.mp4", "watch.mp4"]
+    for name, file in zip(data, ("watch.mp4", "watch.1.mp4", "watch.2.mp4"), strict=True):
+        assert (tmp_path / "d" / file).read_bytes() == data[name]

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from ..output import DownloadArchive, human_bytes
@@ -41,7 +42,7 @@ async def record(job: Job, archive: DownloadArchive | None) -> None:
 
 
 RunJob = Callable[[Context, Job], Awaitable[int]]
-Place = Callable[[dict[str, object], str], str]
+Place = Callable[[dict[str, object], str], Awaitable[str]]
 
 
 async def run_batch(ctx: Context, jobs: list[Job], archive: DownloadArchive | None, run_job: RunJob) -> int:
@@ -56,13 +57,13 @@ async def run_batch(ctx: Context, jobs: list[Job], archive: DownloadArchive | No
     width = len(str(len(jobs)))
     for n, job in enumerate(jobs, 1):
         job.label = f"[{n:>{width}}/{len(jobs)}]"
-    order = NameOrder(len(jobs))
+    # Names in list order, waited for only inside place (pages resolve side by side); proxy leases
+    # in list order too, so later jobs waiting for their name never hold every proxy slot an
+    # earlier job still needs. The gate lets jobs in in list order (asyncio.Semaphore is FIFO).
+    order, leases = NameOrder(len(jobs)), NameOrder(len(jobs))
 
     async def one(index: int, job: Job) -> None:
         try:
-            if not archived(job, archive):
-                # Before the gate and the job's proxy: a job waiting for its turn holds neither.
-                await order.turn(index)
             async with gate:
                 jargs = argparse.Namespace(**vars(args))
                 jargs._connections = share
@@ -70,7 +71,8 @@ async def run_batch(ctx: Context, jobs: list[Job], archive: DownloadArchive | No
                 jctx = Context(jargs, jd, Summary(command="get"), client=client,
                                place=_placing(ctx, order, index))
                 try:
-                    results.append(await _job(jctx, job, archive, run_job))
+                    results.append(await _job(jctx, job, archive, run_job,
+                                              lambda: _ordered_lease(jargs, leases, index)))
                 except BaseException:
                     if jctx.interrupt_note:
                         saved.append(jctx.interrupt_note)
@@ -81,6 +83,7 @@ async def run_batch(ctx: Context, jobs: list[Job], archive: DownloadArchive | No
                                  "skipped" if last.skipped else "done")
         finally:
             order.done(index)
+            leases.done(index)
         if args.json:
             _print_job_json(job, results[-1])
 
@@ -100,21 +103,36 @@ async def run_batch(ctx: Context, jobs: list[Job], archive: DownloadArchive | No
 
 
 def _placing(ctx: Context, order: NameOrder, index: int) -> Place | None:
-    """``ctx.place`` for job ``index``: the next job may take its name once this one has its own."""
+    """``ctx.place`` for job ``index``: it waits until every earlier job has its name (or has
+    ended); the next job may take its name once this one has its own."""
     place = ctx.place
     if place is None:
         return None
 
-    def placed(fields: dict[str, object], default_name: str) -> str:
+    async def placed(fields: dict[str, object], default_name: str) -> str:
         try:
-            return place(fields, default_name)
+            await order.turn(index)
+            return await place(fields, default_name)
         finally:
             order.done(index)
 
     return placed
 
 
-async def _job(jctx: Context, job: Job, archive: DownloadArchive | None, run_job: RunJob) -> Result:
+@contextlib.asynccontextmanager
+async def _ordered_lease(args: argparse.Namespace, leases: NameOrder, index: int) -> AsyncIterator[None]:
+    """Job ``index``'s proxy (``--proxy-file``, proxies.job_lease), taken after every earlier job's."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await leases.turn(index)
+            await stack.enter_async_context(job_lease(args))
+        finally:
+            leases.done(index)
+        yield
+
+
+async def _job(jctx: Context, job: Job, archive: DownloadArchive | None, run_job: RunJob,
+               lease: Callable[[], contextlib.AbstractAsyncContextManager[None]]) -> Result:
     display = jctx.display
     if archived(job, archive):
         display.note(f"{job.key}: in the download archive, skipped")
@@ -124,7 +142,7 @@ async def _job(jctx: Context, job: Job, archive: DownloadArchive | None, run_job
     try:
         # --proxy-file: this download's own proxy, sticky from its page resolution to its last byte;
         # no usable proxy is this job's failure (exit 7), not the batch's.
-        async with job_lease(jctx.args):
+        async with lease():
             code = await run_job(jctx, job)
         if jctx.summary.ok:
             await record(job, archive)

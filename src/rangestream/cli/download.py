@@ -53,7 +53,7 @@ async def get_url(ctx: Context, url: str, default_name: str, fields: dict[str, o
         check_stdout(args)
         return await _get_stdout(ctx, url)
     if ctx.place is not None:
-        out = ctx.place(fields or {}, default_name)
+        out = await ctx.place(fields or {}, default_name)
     else:
         out = args.output or safe_file_name(default_name)
         if os.path.isdir(out):

@@ -119,7 +119,8 @@ def direct_fields(url: str) -> dict[str, object]:
 
 class Placer:
     """``-o`` turned into each job's path, before any byte is written: two jobs are never given
-    the same path (the later one gets ``NAME.1.EXT``, ``NAME.2.EXT``...), in the order asked."""
+    the same path (the later one gets ``NAME.1.EXT``, ``NAME.2.EXT``...), in the order asked.
+    Awaited, as ``Context.place`` is: a batch job waits there for its turn (batch._placing)."""
 
     def __init__(self, output: str | None, several: bool) -> None:
         if output == "-" and several:
@@ -134,7 +135,7 @@ class Placer:
         self.output = output
         self._claimed: set[str] = set()
 
-    def __call__(self, fields: dict[str, object], default_name: str) -> str:
+    async def __call__(self, fields: dict[str, object], default_name: str) -> str:
         if self.template is not None:
             try:
                 path = render_template(self.template, fields)
@@ -177,8 +178,9 @@ class NameOrder:
     the same list different names on each run: a re-run would then find video A's file under
     video B's name, skip B as "already exists" and record it in the archive.
 
-    Job ``i`` may ask for its name (:meth:`turn`) once every earlier job has its own or has ended
-    (:meth:`done`); its download then runs alongside the earlier ones."""
+    Job ``i`` may take its name (:meth:`turn`) once every earlier job has its own or has ended
+    (:meth:`done`): it resolves its page alongside the others and waits only for the name itself;
+    its download then runs alongside the earlier ones. The same chain orders proxy leases (batch)."""
 
     def __init__(self, count: int) -> None:
         loop = asyncio.get_running_loop()

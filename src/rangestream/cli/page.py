@@ -59,7 +59,7 @@ async def run_get_page(ctx: Context, page_url: str, fields: dict[str, object] | 
     if out != "-":
         name = output_name(res.title, container, res.id or "download")
         if ctx.place is not None:
-            out = ctx.place({"title": res.title, "id": res.id, **(fields or {}), "ext": container}, name)
+            out = await ctx.place({"title": res.title, "id": res.id, **(fields or {}), "ext": container}, name)
         else:
             out = out or safe_file_name(name)
             if os.path.isdir(out):

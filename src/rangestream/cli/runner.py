@@ -33,7 +33,8 @@ class Context:
     hint: str | None = None
     ordered_output: str | None = None  # "-" or a device/FIFO path, written in order
     client: Client | None = None  # shared by every download of the command (one pool, one pacing)
-    place: Callable[[dict[str, object], str], str] | None = None  # (template fields, default name) -> path
+    # (template fields, default name) -> path; awaited: a batch job waits there for its turn to be named
+    place: Callable[[dict[str, object], str], Awaitable[str]] | None = None
 
 
 @contextlib.asynccontextmanager
