@@ -215,6 +215,33 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | Literal[False] | N
     return a, size if last == "" else min(int(last) + 1, size)
 
 
+def _body_fault_at(length: int, at: int | None, frac: float) -> int:
+    """Where in a body of ``length`` bytes a body fault strikes: ``at`` if scripted, else a drawn
+    point inside the body, never at its very start or end."""
+    if at is not None:
+        return min(at, length)
+    return min(max(int(length * (0.1 + 0.8 * frac)), 1 if length > 1 else 0), max(length - 1, 0))
+
+
+def _served_range(qrange: str | None, header_range: str | None, size: int) -> tuple[int, int, bool]:
+    """(start, stop, partial) of the body for a ``range=`` parameter or a Range header (``None``
+    when absent or when If-Range no longer matches: the whole object)."""
+    if qrange is not None:
+        first, _, last = qrange.partition("-")
+        if not (first.isdigit() and (last.isdigit() or last == "")) or (last and int(last) < int(first)):
+            raise _Reject(400, f"bad range parameter {qrange!r}")
+        if int(first) >= size:
+            raise _Reject(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
+        return int(first), size if last == "" else min(size, int(last) + 1), False
+    if header_range is not None:
+        parsed = _parse_range(header_range, size)
+        if parsed is False:
+            raise _Reject(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
+        if parsed:
+            return parsed[0], parsed[1], True
+    return 0, size, False
+
+
 class _Reject(ValueError):
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -566,21 +593,8 @@ class Origin:
         etag, modified = self._etag(obj), self._modified(name, obj.version)
         headers = {"Accept-Ranges": "bytes", "ETag": etag, "Content-Type": obj.content_type,
                    "Last-Modified": email.utils.formatdate(modified, usegmt=True)}
-        start, stop, partial = 0, size, False
-        if qrange is not None:
-            first, _, last = qrange.partition("-")
-            if not (first.isdigit() and (last.isdigit() or last == "")) or (last and int(last) < int(first)):
-                raise _Reject(400, f"bad range parameter {qrange!r}")
-            if int(first) >= size:
-                raise _Reject(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
-            start, stop = int(first), size if last == "" else min(size, int(last) + 1)
-        elif header_range is not None and self._if_range_ok(request.headers.get("If-Range"), etag, modified):
-            parsed = _parse_range(header_range, size)
-            if parsed is False:
-                raise _Reject(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
-            if parsed:
-                (start, stop), partial = parsed, True
-
+        if_range_ok = header_range is not None and self._if_range_ok(request.headers.get("If-Range"), etag, modified)
+        start, stop, partial = _served_range(qrange, header_range if if_range_ok else None, size)
         if fault == "ignore-range":
             start, stop, partial = 0, size, False
         elif fault == "bad-content-range" and (partial or qrange is not None):
@@ -595,12 +609,7 @@ class Origin:
         if not has_body:
             rec.outcome = "head"
             return resp
-        body_at = None
-        if fault in _BODY_FAULTS:
-            length = stop - start
-            # Seeded default: somewhere inside the body, never at its very start or end.
-            seeded = min(max(int(length * (0.1 + 0.8 * frac)), 1 if length > 1 else 0), max(length - 1, 0))
-            body_at = min(at, length) if at is not None else seeded
+        body_at = _body_fault_at(stop - start, at, frac) if fault in _BODY_FAULTS else None
         await self._send_body(request, resp, rec, profile, obj, start, stop, fault, body_at)
         return resp
 
