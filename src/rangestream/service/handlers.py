@@ -192,7 +192,8 @@ class Output:
         self.request = request
         self.resp = resp
         self.metrics = state.metrics
-        self.watch = WriteWatch(request, state.options.write_timeout)
+        self.timeout = state.options.write_timeout
+        self.watch = WriteWatch(request, self.timeout)
         self.first = True
 
     async def write(self, data: bytes) -> None:
@@ -205,8 +206,7 @@ class Output:
             await self.watch.write(self.resp, data)
         except WriteTimeout:
             self.metrics.errors.labels("write_timeout").inc()
-            log.warning("%s: the client read nothing for %gs; dropped", self.request.path,
-                        self.watch._timeout)
+            log.warning("%s: the client read nothing for %gs; dropped", self.request.path, self.timeout)
             raise
         self.metrics.bytes_out.inc(len(data))
 
