@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..engine.response import check_validators
 from ..errors import (
     ObjectChangedError,
     RangestreamError,
@@ -257,10 +258,13 @@ def _resume_state(part: PartFile, url: str) -> tuple[SidecarState | None, str | 
 
 
 def _validators_mismatch(state: SidecarState, current: dict[str, Any]) -> str | None:
-    if state.etag and current.get("etag") and current["etag"] != state.etag:
-        return f"its ETag changed ({state.etag} -> {current['etag']})"
-    if state.last_modified and current.get("last_modified") and current["last_modified"] != state.last_modified:
-        return f"its Last-Modified changed ({state.last_modified} -> {current['last_modified']})"
+    """Compared as the engine does (check_validators): ``W/"a"`` is ``"a"`` (a proxy weakens the
+    tag of the same version) and a date is an instant (``GMT`` or ``-0000``)."""
+    etag, modified = current.get("etag"), current.get("last_modified")
+    if check_validators(state.etag, None, etag, None):
+        return f"its ETag changed ({state.etag} -> {etag})"
+    if check_validators(None, state.last_modified, None, modified):
+        return f"its Last-Modified changed ({state.last_modified} -> {modified})"
     return None
 
 
