@@ -388,9 +388,11 @@ class Origin:
     def request_count(self) -> int:
         return len(self.log)
 
-    async def wait_idle(self, timeout: float = 3.0) -> bool:
+    async def wait_idle(self, timeout: float = 3.0, *, connections: bool = True) -> bool:
+        """Wait until no request is being served and, with ``connections``, no connection is
+        open (a client's idle keep-alive connections count); False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
-        while self.open_connections or self._active:
+        while (connections and self.open_connections) or self._active:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
