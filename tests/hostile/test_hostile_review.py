@@ -320,3 +320,123 @@ async def test_ranges_wholly_past_the_end_deliver_nothing_without_clen(ranges):
     async with serve(handler) as url:
         for unordered in (False, True):
             assert await fetch(url, unordered=unordered, chunk_size=2, window=3, ranges=ranges, retry=RETRY) == b""
+
+
+# -- Second review ---------------------------------------------------------------------------------
+# -- 8. HIGH: a total that appears after the server said where the object ends -----------------------
+
+def end_and_total(data: bytes, order: str, how: str, applied):
+    """Unknown total ("/*"), capped 206s. The open-ended chunk's request at CHUNK gets "416 */*"
+    (the object ends there); the probe's second request, at CAP, gets a total: a 206
+    ``.../<len>`` or (``how="200"``) a 200 with the whole object. ``order`` says which answer
+    goes first: the other waits for ``await applied(start of the chunk it went to)``."""
+    first, second = (CHUNK, CAP) if order == "end first" else (CAP, CHUNK)
+
+    async def special(request, a):
+        if a not in (CAP, CHUNK):
+            return None
+        if a == second:
+            await applied(0 if first == CAP else CHUNK)  # CAP is the probe's second request
+        if a == CHUNK:
+            return web.Response(status=416, headers={"Content-Range": "bytes */*"})
+        if how == "200":
+            return web.Response(status=200, body=data)  # Range ignored: the whole object, clen = total
+        return web.Response(status=206, body=data[CAP:CHUNK],
+                            headers={"Content-Range": f"bytes {CAP}-{CHUNK - 1}/{len(data)}"})
+
+    return capped(data, special=special)
+
+
+@pytest.mark.parametrize(("order", "how"), [("end first", "206"), ("end first", "200"), ("total first", "206")])
+@pytest.mark.parametrize("unordered", [False, True])
+async def test_a_total_and_an_end_that_disagree_are_a_change(order, how, unordered):
+    # "416 */*" for byte 100 000, then "/300000" (or a 200 of 300 000 bytes) for byte 65 536:
+    # the two answers cannot both hold. ObjectChangedError after a correct prefix (before:
+    # success with 100 000 bytes while stream.size said 300 000). Total first, then the end
+    # at another byte: a change too.
+    data = payload(300_000)
+    state: dict = {}
+
+    async def applied(start: int) -> None:
+        # The client applied the first answer: the chunk it went to has ended (bounded polling).
+        for _ in range(250):
+            s = state.get("stream")
+            if s is not None and any(t.start == start and t.done is not None for t in s.stats.traces):
+                return
+            await asyncio.sleep(0.02)
+
+    pieces: list[tuple[int, bytes]] = []
+    err: Exception | None = None
+    async with serve(end_and_total(data, order, how, applied)) as url:
+        try:
+            async with asyncio.timeout(20), rangestream.open_stream(url, chunk_size=CHUNK, window=2,
+                                                                    retry=RETRY) as s:
+                state["stream"] = s
+                if unordered:
+                    async for item in s.unordered():
+                        pieces.append(item)
+                else:
+                    async for piece in s:
+                        pieces.append((sum(len(p) for _, p in pieces), piece))
+        except rangestream.StreamError as e:
+            err = e
+    assert isinstance(err, rangestream.ObjectChangedError), (repr(err), sum(len(p) for _, p in pieces))
+    assert_right_bytes(data, pieces, err)
+    if order == "end first":
+        assert "300000" in str(err) and "100000" in str(err), str(err)
+    else:
+        assert "HTTP 416" in str(err), str(err)  # the end came for a byte the total says exists
+
+
+async def test_a_total_after_the_end_fails_the_cli(tmp_path):
+    # As above through `get`: exit EXIT_CHANGED and no final file (before: exit 0 and a
+    # 100 000-byte file for a 300 000-byte object). The CLI runs in another process, so the
+    # server gives it 0.3 s to apply the end; were the total applied first, that is a change too.
+    data = payload(300_000)
+    sent = {"end": asyncio.Event()}
+
+    async def applied(start: int) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sent["end"].wait(), 5)
+        sent["end"] = asyncio.Event()  # the next run waits again
+        await asyncio.sleep(0.3)
+
+    handler = end_and_total(data, "end first", "206", applied)
+
+    async def marking(request: web.Request) -> web.StreamResponse:
+        resp = await handler(request)
+        if resp.status == 416:
+            sent["end"].set()
+        return resp
+
+    async with serve(marking) as url:
+        await check_cli(url, tmp_path, exit_code=EXIT_CHANGED, args=CLI_ARGS)
+
+
+# -- 9. MEDIUM: a 200 to If-Range that does not show the pinned validator ------------------------------
+
+@pytest.mark.parametrize(("name", "pinned"), [("ETag", '"v1"'), ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")])
+@pytest.mark.parametrize("unordered", [False, True])
+async def test_a_200_to_if_range_without_the_pinned_validator_is_a_change(name, pinned, unordered):
+    # Chunk 0 shows v1's validator, which is then sent as If-Range; the object changes (same
+    # size) and an edge that strips validators relays the origin's answer: a 200 with the whole
+    # new version and no validator. ObjectChangedError after v1's 100 000 bytes (before: v1's
+    # first 100 000 bytes then v2's last 200 000, success).
+    if_range: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        a, b = parse_range(request) or (0, None)
+        if_range.append(request.headers.get("If-Range"))
+        stop = SIZE if b is None else min(b + 1, SIZE)
+        if a < 100_000:
+            return web.Response(status=206, body=V1[a:stop],
+                                headers={"Content-Range": f"bytes {a}-{stop - 1}/{SIZE}", name: pinned})
+        if request.headers.get("If-Range") == pinned:
+            return web.Response(status=200, body=V2)  # If-Range failed: the new version, validator stripped
+        return web.Response(status=206, body=V2[a:stop], headers={"Content-Range": f"bytes {a}-{stop - 1}/{SIZE}"})
+
+    async with serve(handler) as url:
+        pieces, err = await collect(url, unordered=unordered, chunk_size=100_000, window=1)
+    assert if_range[:2] == [None, pinned]
+    assert isinstance(err, rangestream.ObjectChangedError), repr(err)
+    assert assert_right_bytes(V1, pieces, err) == 100_000

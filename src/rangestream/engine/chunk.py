@@ -187,7 +187,7 @@ class Chunks:
         finally:
             attempt.deadline = None
         try:
-            body = self._check(slot, resp, want)
+            body = self._check(slot, resp, want, headers.get("If-Range"))
             slot.trace.headers = now = time.monotonic()
             self.ttfb = now - sent if self.ttfb is None else 0.8 * self.ttfb + 0.2 * (now - sent)
             attempt.parked = slot.trace.prefetched = not self._window.is_head(slot)
@@ -207,10 +207,10 @@ class Chunks:
                 slot.reading_since = None
             resp.close()
 
-    def _check(self, slot: Slot, resp: Response, want: ByteRange) -> Body:
+    def _check(self, slot: Slot, resp: Response, want: ByteRange, if_range: str | None) -> Body:
         """Judge the response (``response``: pure) and apply what it teaches the window."""
         window, h = self._window, resp.headers
-        known = Known(window.size, window.size_known.is_set(), slot.to_end, self._query)
+        known = Known(window.size, window.size_known.is_set(), slot.to_end, self._query, if_range)
         verdict = check_status(resp.status, h, want, known, self._retry, now=time.time())
         if verdict is None:
             why = self._source.changed(h)

@@ -27,6 +27,7 @@ class Known:
     size_known: bool  # the size was learned, or is known to be unknowable (no total anywhere)
     to_end: bool  # this chunk may reach the end of an object of unknown size
     query: bool = False  # range_mode "query": the range is in the URL, answered by a 200
+    if_range: str | None = None  # the validator the request carried as If-Range
 
 
 class Learned(enum.Enum):
@@ -137,6 +138,11 @@ def check_body(status: int, headers: Headers, want: ByteRange, known: Known) -> 
         if status != 200 or clen is None or clen == 0 or (want.stop is not None and clen > len(want)):
             return Retryable(f"HTTP {status} with {clen} bytes for range={want.header()[6:]}")
         return Body(want.start, want.start + clen)
+    if status == 200 and known.if_range and not _shows(headers, known.if_range):
+        # If-Range answered 200: the server judged the pinned version gone. A 200 that does not
+        # show that validator (an edge stripping them) may be another version of the same size.
+        return Changed(f"HTTP 200 to If-Range {known.if_range} without that validator: the object "
+                       "may have changed on the server; refusing to mix versions", status)
     if clen == 0 and known.size is None and known.to_end and (
             status == 200 or _empty_range(headers.get("Content-Range"), want.start)):
         # Unknown total and an empty 200 at the byte reached: the object ends here. A 206 ends
@@ -199,6 +205,15 @@ def check_validators(known_etag: str | None, known_last_modified: str | None,
     if changes:
         return f"object changed mid-download ({', '.join(changes)}); refusing to mix versions"
     return None
+
+
+def _shows(headers: Headers, validator: str) -> bool:
+    """Whether the response shows ``validator`` (an ETag, compared weakly, or a date, as an instant)."""
+    if validator.strip().startswith(('"', "W/", "w/")):
+        etag = headers.get("ETag")
+        return bool(etag) and _opaque(etag or "") == _opaque(validator)
+    date = headers.get("Last-Modified")
+    return bool(date) and _http_date(date or "") == _http_date(validator)
 
 
 def _opaque(etag: str) -> str:

@@ -36,6 +36,7 @@ class Window:
         self.delivery = delivery
         self.start: Callable[[Slot], asyncio.Task[None]] | None = None  # runs a chunk (set on entering)
         self.whole_spans = False  # the server ignores Range: one request per span
+        self.end: int | None = None  # unknown total: the least byte the server said does not exist
         self.probe_open = False
         self.order: list[Slot] = []  # the window, in object order
         self.head: Slot | None = None  # the chunk the consumer waits on (see sync_head)
@@ -183,6 +184,10 @@ class Window:
                 id(t) not in live and t.start >= at and t.first_read is not None for t in self.stats.traces):
             raise ObjectChangedError(f"the server says the object ends at byte {at}, after sending "
                                      "bytes past it: refusing to mix versions")
+        if self.size is not None and at != self.size:
+            raise ObjectChangedError(f"the server says the object ends at byte {at}, after saying it has "
+                                     f"{self.size} bytes: refusing to mix versions", total=self.size)
+        self.end = at if self.end is None else min(self.end, at)
         for s in later:
             self.order.remove(s)
             if s.task is not None:
@@ -193,7 +198,13 @@ class Window:
     def total_appeared(self, total: int) -> None:
         """A response of an object of unknown total carried one: from now on the size is known
         (and checked against every response); chunks reaching past it end there. Bytes
-        already read past it (by any chunk, delivered ones too) say it is another version."""
+        already read past it (by any chunk, delivered ones too) say it is another version, as
+        does a total past the byte the server already said does not exist (``ends_at``): the
+        object would be reported whole with its last bytes missing. A total below that byte
+        agrees with it (a 416 only says the object is no longer)."""
+        if self.end is not None and total > self.end:
+            raise ObjectChangedError(f"the server says the object has {total} bytes, after saying it ends "
+                                     f"at byte {self.end}: refusing to mix versions", total=total)
         live = {id(s.trace) for s in self.order}
         reached = max([s.pos for s in self.order if s.pos > s.range.start] + [
             t.start + 1 if t.stop is None else t.stop
