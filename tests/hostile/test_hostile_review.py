@@ -10,7 +10,7 @@ import contextlib
 
 import pytest
 from aiohttp import web
-from engine_servers import hold, parse_range, payload
+from engine_servers import Books, hold, parse_range, payload, ranged
 from hostile_support import check_cli, fetch, serve
 
 import rangestream
@@ -440,3 +440,26 @@ async def test_a_200_to_if_range_without_the_pinned_validator_is_a_change(name, 
     assert if_range[:2] == [None, pinned]
     assert isinstance(err, rangestream.ObjectChangedError), repr(err)
     assert assert_right_bytes(V1, pieces, err) == 100_000
+
+
+# -- 10. LOW: a slow in-order consumer shrinks the auto window with small chunks ----------------------
+
+@pytest.mark.parametrize("unordered", [False, True])
+async def test_a_slow_consumer_shrinks_the_auto_window_with_small_chunks(unordered):
+    # 256 KiB chunks from a fast loopback server into a consumer taking about 8 MiB/s: the
+    # consumer is the limit, so the auto window (ceiling 8) ends well below its ceiling and
+    # max_buffer with it (before, in order: the head never held the 1 MiB backlog that marks
+    # the consumer as the limit, so the window stayed at its ceiling).
+    mib = 1 << 20
+    data = payload(10 * mib)
+    async with serve(ranged(data, Books())) as url, \
+            rangestream.open_stream(url, chunk_size=256 << 10, window="auto", retry=RETRY) as s:
+        got = 0
+        async with asyncio.timeout(20):
+            async for item in (s.unordered() if unordered else s):
+                piece = item[1] if unordered else item
+                got += len(piece)
+                await asyncio.sleep(len(piece) / (8 * mib))
+        window, timeline = s.window, s.stats.timeline
+    assert got == len(data)
+    assert window <= 4, [w for _, _, w in timeline]  # the ceiling is 8

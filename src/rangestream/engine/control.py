@@ -19,8 +19,9 @@ log = logging.getLogger("rangestream")
 TICK = 0.05
 # Never split a remainder into pieces smaller than this: a new request costs a round trip.
 MIN_SPLIT = 256 << 10
-# The consumer is behind once the head holds this much it has not taken (a consumer waiting
-# for bytes takes each piece as it comes; a momentary lag leaves at most about one piece).
+# The consumer is behind once this much is ready for it and not taken (a consumer waiting
+# for bytes takes each piece as it comes; a momentary lag leaves at most about one piece),
+# or half a chunk when chunks are smaller (``_ready``).
 BACKLOG = 1 << 20
 # A read is stalled once silent for this many times the longest gap its connection has shown...
 GAPS = 4
@@ -89,8 +90,9 @@ class Controller:
     def _consumer_bound(self, now: float) -> int | None:
         """The auto window's size while the consumer is the limit, or None when it is not.
 
-        In order, the consumer is the limit when the head holds bytes it does not take (its
-        queue is full, or holds more than ``BACKLOG``); a head still fetching while later
+        In order, the consumer is the limit when bytes ready for it wait untaken (the head's
+        queue is full, or ``_ready`` holds ``BACKLOG`` or half a chunk, whichever is less: a
+        chunk of at most 1 MiB can never hold 1 MiB); a head still fetching while later
         chunks fill the budget is a slow server, not a slow consumer. Unordered, the consumer
         takes any chunk's bytes, so any chunk held back means it is the limit. Held for two
         ticks, the rate it took meanwhile is its rate (``AutoWindow.consumer_bound``)."""
@@ -99,7 +101,8 @@ class Controller:
         running = [s for s in w.order if not s.finished]
         if w.delivery.head_blocks:
             head = w.order[0] if w.order else None
-            held = head is not None and (head.gated_since is not None or head.buffered >= BACKLOG)
+            held = head is not None and (head.gated_since is not None
+                                         or _ready(w.order) >= min(BACKLOG, w.chunk_size // 2))
         else:
             held = any(s.gated_since is not None for s in running)
         if not held:
@@ -204,3 +207,14 @@ class Controller:
             return None
         peers.sort()
         return head if head_rate * 4 < peers[len(peers) // 2] else None
+
+
+def _ready(order: list[Slot]) -> int:
+    """Bytes the in-order consumer could take without waiting on the network: the head's,
+    then each next chunk's while every chunk before it is fully read."""
+    ready = 0
+    for s in order:
+        ready += s.buffered
+        if s.range.stop is None or s.pos < s.range.stop:
+            break
+    return ready
