@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 from aiohttp import web
@@ -230,7 +231,27 @@ def manifest(media_url: str) -> str:
             f'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period>{rep}</Period></MPD>\n')
 
 
-class TwoPages:
+class PageServer:
+    """DASH manifests for the origin's media at ``/{name}/watch.mpd`` (``self.url`` is a format
+    string for the name); subclasses decide when each answer goes out."""
+
+    async def _manifest(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_get("/{name}/watch.mpd", self._manifest)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/{{}}/watch.mpd"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+class TwoPages(PageServer):
     """Two DASH-manifest pages titled alike (yt-dlp's generic extractor names both "watch"),
     ``/a/watch.mpd`` and ``/b/watch.mpd``, each one combined format: the origin object of its
     name. Each page is asked for twice: listed (``--resolve`` asks yt-dlp whether it is a
@@ -255,17 +276,6 @@ class TwoPages:
                 await asyncio.sleep(0.02)
         return web.Response(text=manifest(self.origin.media_url(name)), content_type="application/dash+xml")
 
-    async def __aenter__(self) -> TwoPages:
-        app = web.Application()
-        app.router.add_get("/{name}/watch.mpd", self._manifest)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/{{}}/watch.mpd"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
 
 
 async def test_same_titled_pages_are_named_in_list_order_whichever_resolves_first(origin, tmp_path):
@@ -309,7 +319,7 @@ async def test_a_template_repeating_a_long_title_is_shortened_to_the_name_limit(
     assert (tmp_path / "t" / second).read_bytes() == b"2" * 1000
 
 
-class HeldPages:
+class HeldPages(PageServer):
     """Pages ``/{name}/watch.mpd`` (as :class:`TwoPages`) whose resolution (each page's second
     request: the first is the playlist listing) is answered only once every page's resolution has
     arrived, or ``hold`` seconds after the first arrived: ``seen`` is how many had arrived when the
@@ -336,17 +346,6 @@ class HeldPages:
                     self.seen = len(self.arrived)
         return web.Response(text=manifest(self.origin.media_url(name)), content_type="application/dash+xml")
 
-    async def __aenter__(self) -> HeldPages:
-        app = web.Application()
-        app.router.add_get("/{name}/watch.mpd", self._manifest)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/{{}}/watch.mpd"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
 
 
 async def test_batch_pages_resolve_side_by_side_and_are_still_named_in_list_order(origin, tmp_path):
