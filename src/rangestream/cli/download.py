@@ -259,8 +259,14 @@ def _resume_state(part: PartFile, url: str) -> tuple[SidecarState | None, str | 
 
 def _validators_mismatch(state: SidecarState, current: dict[str, Any]) -> str | None:
     """Compared as the engine does (check_validators): ``W/"a"`` is ``"a"`` (a proxy weakens the
-    tag of the same version) and a date is an instant (``GMT`` or ``-0000``)."""
+    tag of the same version) and a date is an instant (``GMT`` or ``-0000``). A validator the
+    sidecar recorded that the server no longer shows is a mismatch too: without it nothing says
+    the bytes now served are the version FILE.part holds (another of the same size would splice)."""
     etag, modified = current.get("etag"), current.get("last_modified")
+    if state.etag and not etag:
+        return f"the server no longer shows its ETag {state.etag}"
+    if state.last_modified and not modified:
+        return f"the server no longer shows its Last-Modified {state.last_modified}"
     if check_validators(state.etag, None, etag, None):
         return f"its ETag changed ({state.etag} -> {etag})"
     if check_validators(None, state.last_modified, None, modified):
@@ -320,10 +326,10 @@ def _open_for_resume(ctx: Context, part: PartFile, state: SidecarState, opts: di
     # Nothing missing still asks the server (for the last byte): its size and validators
     # must confirm the sidecar before FILE.part becomes FILE.
     opts["ranges"] = [(g.start, g.stop) for g in gaps] or [(state.size - 1, state.size)]
-    expect = {"etag": state.etag, "last_modified": state.last_modified}
-    if any(expect.values()):
-        opts["expect_validators"] = expect
-    else:
+    # The sidecar's validators are not handed to the engine (expect_validators): it would report
+    # them as the stream's even when no response shows them. Unseeded, it pins what the server
+    # really shows and _fill holds that to the sidecar before the first byte is written.
+    if not (state.etag or state.last_modified):
         display.warn("the server gave no ETag or Last-Modified: resuming on the size alone")
     ctx.summary.resumed_from = part.spans.total()
     display.note(f"Resuming {part.path}: {human_bytes(ctx.summary.resumed_from)} of "

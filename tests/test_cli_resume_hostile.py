@@ -1,0 +1,94 @@
+"""A resumed ``get -o FILE`` against servers that would splice two versions into one file:
+validators dropped on the resume, a sidecar left by another URL. Real subprocesses, a loopback
+server whose object, validators and failures are set per run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aiohttp import web
+from cli_support import run
+
+SIZE = 1_000_000
+HALF = 4 * 128_000  # the first run fails here, at a chunk boundary (128K is 128,000 bytes)
+FIRST = ("--chunk-size", "128K", "--window", "1", "--retries", "0")
+
+
+def body(seed: int) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(256)) * (SIZE // 256) + bytes(SIZE % 256)
+
+
+class Server:
+    """``payload`` (or ``by_query[query string]``) with the ETag ``etag`` ("" : none); 503 for
+    ranges starting at or past ``fail_from``; ``honour_if_range`` False: If-Range is ignored."""
+
+    def __init__(self) -> None:
+        self.payload, self.etag = body(1), '"v1"'
+        self.by_query: dict[str, bytes] = {}
+        self.fail_from: int | None = None
+        self.honour_if_range = True
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        payload = self.by_query.get(request.query_string, self.payload)
+        headers = {"Accept-Ranges": "bytes"}
+        if self.etag:
+            headers["ETag"] = self.etag
+        rng, if_range = request.headers.get("Range"), request.headers.get("If-Range")
+        if rng and self.honour_if_range and if_range and if_range != self.etag:
+            rng = None
+        if not rng:
+            return web.Response(status=200, body=payload, headers=headers)
+        a, _, b = rng.removeprefix("bytes=").partition("-")
+        start, stop = int(a), min(int(b) + 1 if b else SIZE, SIZE)
+        if self.fail_from is not None and start >= self.fail_from:
+            return web.Response(status=503, headers={"Retry-After": "0"})
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{SIZE}"
+        return web.Response(status=206, body=payload[start:stop], headers=headers)
+
+    async def __aenter__(self) -> Server:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/object.bin"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+async def first_half(server: Server, out: Path, url: str | None = None) -> dict[str, object]:
+    """A first run that stops at HALF (the server fails from there), leaving FILE.part and its sidecar."""
+    server.fail_from = HALF
+    rc, _, err = await run("get", url or server.url, "-o", str(out), *FIRST, cwd=out.parent)
+    assert rc != 0 and "run the same command again to resume" in err, err
+    sidecar = json.loads(Path(f"{out}.part.json").read_text())
+    assert sidecar["bytes_done"] == HALF, sidecar
+    server.fail_from = None
+    return sidecar
+
+
+async def test_a_resume_answered_without_the_recorded_etag_starts_over(tmp_path: Path):
+    # The sidecar has ETag "v1"; the server now serves another version of the same size with no
+    # validators at all and ignores If-Range. Was: "Resuming", exit 0, v1's first half + v2's rest.
+    out = tmp_path / "o.bin"
+    async with Server() as server:
+        assert (await first_half(server, out))["etag"] == '"v1"'
+        server.payload, server.etag, server.honour_if_range = body(2), "", False
+        rc, _, err = await run("get", server.url, "-o", str(out), cwd=tmp_path)
+    assert rc == 0, err
+    assert "starting over" in err and "no longer shows" in err, err
+    assert out.read_bytes() == body(2)
+
+
+async def test_a_resume_showing_the_recorded_etag_keeps_the_saved_bytes(tmp_path: Path):
+    # The same version still resumes (the check above must not restart every resume).
+    out = tmp_path / "o.bin"
+    async with Server() as server:
+        await first_half(server, out)
+        rc, _, err = await run("get", server.url, "-o", str(out), cwd=tmp_path)
+    assert rc == 0 and "Resuming" in err and "starting over" not in err, err
+    assert out.read_bytes() == body(1)
