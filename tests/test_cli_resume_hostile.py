@@ -92,3 +92,38 @@ async def test_a_resume_showing_the_recorded_etag_keeps_the_saved_bytes(tmp_path
         rc, _, err = await run("get", server.url, "-o", str(out), cwd=tmp_path)
     assert rc == 0 and "Resuming" in err and "starting over" not in err, err
     assert out.read_bytes() == body(1)
+
+
+async def test_a_sidecar_from_another_query_is_not_resumed_without_validators(tmp_path: Path):
+    # No validators, the same size: only the URL ties FILE.part to the object. ?v=1's half must
+    # not be completed with ?v=2's bytes. Was: "Resuming", exit 0, a file spliced from both.
+    out = tmp_path / "o.bin"
+    async with Server() as server:
+        server.etag, server.by_query = "", {"v=1": body(1), "v=2": body(2)}
+        await first_half(server, out, server.url + "?v=1")
+        rc, _, err = await run("get", server.url + "?v=2", "-o", str(out), cwd=tmp_path)
+    assert rc == 0 and "its sidecar is for another URL" in err and "starting over" in err, err
+    assert out.read_bytes() == body(2)
+
+
+async def test_a_sidecar_from_another_port_is_not_resumed(tmp_path: Path):
+    out = tmp_path / "o.bin"
+    async with Server() as a, Server() as b:
+        a.etag = b.etag = ""
+        b.payload = body(2)
+        await first_half(a, out)
+        rc, _, err = await run("get", b.url, "-o", str(out), cwd=tmp_path)
+    assert rc == 0 and "its sidecar is for another URL" in err, err
+    assert out.read_bytes() == body(2)
+
+
+async def test_a_re_signed_url_still_resumes_without_validators(tmp_path: Path):
+    # Signature and expiry parameters change on every signing: they do not make another object.
+    out = tmp_path / "o.bin"
+    async with Server() as server:
+        server.etag = ""
+        await first_half(server, out, server.url + "?v=1&Expires=100&Signature=aaa&token=x")
+        rc, _, err = await run("get", server.url + "?Signature=bbb&v=1&Expires=200&token=y",
+                               "-o", str(out), cwd=tmp_path)
+    assert rc == 0 and "Resuming" in err and "starting over" not in err, err
+    assert out.read_bytes() == body(1)

@@ -245,7 +245,8 @@ def _resume_state(part: PartFile, url: str) -> tuple[SidecarState | None, str | 
         state = SidecarState.load(part.sidecar)
     except SidecarInvalid as e:
         return None, f"its sidecar {os.path.basename(part.sidecar)} is not usable: {e}"
-    if url_identity(state.url) != url_identity(redact_url(url)):
+    exact = not (state.etag or state.last_modified)  # then only the URL ties FILE.part to the object
+    if url_identity(state.url, exact=exact) != url_identity(redact_url(url), exact=exact):
         return None, f"its sidecar is for another URL ({redact_url(state.url)[:200]})"
     try:
         actual = os.lstat(part.path).st_size

@@ -10,9 +10,10 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from ..plan import url_param
+from ..redact import is_secret_param
 from .errors import human_bytes
 from .spans import merged
 
@@ -94,9 +95,19 @@ def _done_field(d: dict[str, Any], size: int) -> list[list[int]]:
     return merged(done)
 
 
-def url_identity(url: str) -> tuple[str, ...]:
+# Query parameters that change each time the same object's URL is signed (besides the ones
+# rangestream.redact treats as secrets: sig, Signature, X-Amz-Signature, token, ...).
+_EXPIRY_PARAMS = frozenset({
+    "expire", "expires", "exp", "expiry", "expiration", "policy", "md5",
+    "x-amz-date", "x-amz-expires", "x-amz-algorithm", "x-goog-date", "x-goog-expires", "x-goog-algorithm",
+})
+
+
+def url_identity(url: str, *, exact: bool = False) -> tuple[str, ...]:
     """What names the object in a URL, across re-signing and refreshes: googlevideo's id and itag
-    (its host and signature change every time), else the host and path."""
+    (its host and signature change every time), else the scheme, host, port and path; with
+    ``exact`` (a sidecar without validators: the URL is all that ties it to the object) also the
+    query, apart from its signature and expiry parameters, in any order."""
     parts = urlsplit(url)
     segs = parts.path.split("/")
     if "videoplayback" in segs:
@@ -104,7 +115,17 @@ def url_identity(url: str) -> tuple[str, ...]:
         path_params = dict(zip(after[::2], after[1::2], strict=False))  # the /name/value/ path form
         return ("videoplayback", url_param(url, "id") or path_params.get("id", ""),
                 url_param(url, "itag") or path_params.get("itag", ""))
-    return ((parts.hostname or "").lower(), parts.path)
+    scheme = parts.scheme.lower()
+    try:
+        port = str(parts.port or {"http": 80, "https": 443}.get(scheme, 0))
+    except ValueError:  # not a number: compared as written
+        port = parts.netloc.rpartition(":")[2]
+    key = (scheme, (parts.hostname or "").lower(), port, parts.path)
+    if not exact:
+        return key
+    kept = sorted(f"{name}={value}" for name, value in parse_qsl(parts.query, keep_blank_values=True)
+                  if not is_secret_param(name) and name.lower() not in _EXPIRY_PARAMS)
+    return (*key, *kept)
 
 
 @dataclass
