@@ -4,11 +4,18 @@ server whose object, validators and failures are set per run."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from cli_support import run
+
+from rangestream.errors import RangestreamError
+from rangestream.output import PartFile, partfile
 
 SIZE = 1_000_000
 HALF = 4 * 128_000  # the first run fails here, at a chunk boundary (128K is 128,000 bytes)
@@ -127,3 +134,73 @@ async def test_a_re_signed_url_still_resumes_without_validators(tmp_path: Path):
                                "-o", str(out), cwd=tmp_path)
     assert rc == 0 and "Resuming" in err and "starting over" not in err, err
     assert out.read_bytes() == body(1)
+
+
+def locked_elsewhere(path: Path) -> bool:
+    """Whether another open file description holds the lock on ``path`` (as a second run would find)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        assert e.errno in (errno.EAGAIN, errno.EWOULDBLOCK), e
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def finished_part(out: Path, data: bytes) -> PartFile:
+    part = PartFile(str(out), url="http://127.0.0.1:1/o.bin", chunk_size=len(data))
+    part.open(fresh=True)
+    part.size = len(data)
+    part.write(0, data)
+    return part
+
+
+def test_finish_renames_under_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A second run opening FILE.part during the rename must find it locked, before and after
+    # the rename (the file then being FILE). Was: closed (unlocked) first, then renamed.
+    out = tmp_path / "o.bin"
+    part = finished_part(out, b"x" * 1000)
+    real_replace, seen = os.replace, []
+
+    def replace(src: str, dst: str) -> None:
+        if src == part.path:
+            seen.append(("before", locked_elsewhere(Path(src))))
+            real_replace(src, dst)
+            seen.append(("after", locked_elsewhere(Path(dst))))
+        else:
+            real_replace(src, dst)
+
+    monkeypatch.setattr(partfile.os, "replace", replace)
+    try:
+        part.finish()
+    finally:
+        part.shutdown()
+    assert seen == [("before", True), ("after", True)]
+    assert out.read_bytes() == b"x" * 1000 and not os.path.exists(part.path)
+    assert not locked_elsewhere(out)  # released once renamed
+
+
+def test_a_part_renamed_between_open_and_lock_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Run B (--force: fresh) opens FILE.part; run A then renames it to FILE and unlocks; B's lock
+    # now succeeds on A's finished FILE. Was: B emptied FILE (A's whole download lost).
+    out = tmp_path / "o.bin"
+    a = finished_part(out, b"y" * 1000)
+    real_open = partfile.open_part_fd
+
+    def open_then_other_run_finishes(path: str) -> int:
+        fd = real_open(path)
+        a.finish()  # between B's open and B's lock
+        return fd
+
+    monkeypatch.setattr(partfile, "open_part_fd", open_then_other_run_finishes)
+    b = PartFile(str(out), url="http://127.0.0.1:1/o.bin", chunk_size=1000)
+    try:
+        with pytest.raises(RangestreamError, match="renamed by another rangestream run"):
+            b.open(fresh=True)
+    finally:
+        a.shutdown()
+        b.shutdown()
+    assert b.fd is None
+    assert out.read_bytes() == b"y" * 1000

@@ -66,15 +66,33 @@ def refuse_unsafe_part(path: str) -> None:
         raise _not_regular_refused(path)
 
 
+def check_still_named(fd: int, path: str) -> None:
+    """Raise if ``path`` no longer names the file open (and just locked) as ``fd``: another run
+    renamed it (FILE.part -> FILE, under its lock) between our open and our lock, so what we
+    hold is now its finished FILE, not a FILE.part to write into."""
+    try:
+        named = os.lstat(path)
+    except OSError:
+        named = None
+    held = os.fstat(fd)
+    if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+        raise RangestreamError(f"{path} was renamed by another rangestream run while this one opened it "
+                               f"(it finished); run again if still needed")
+
+
 def open_locked(path: str) -> Any:
     """``path`` opened for writing under an exclusive lock, emptied; refused if another run holds it,
     if it is a symlink or not a regular file (as FILE.part for ``get``)."""
     fd = open_part_fd(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        check_still_named(fd, path)
     except BlockingIOError:
         os.close(fd)
         raise RangestreamError(f"{path} is being written by another rangestream run") from None
+    except BaseException:
+        os.close(fd)
+        raise
     os.ftruncate(fd, 0)
     return os.fdopen(fd, "wb")
 
@@ -119,6 +137,12 @@ class PartFile:
             raise RangestreamError(f"{self.path} is being written by another rangestream right now") from None
         except OSError:
             pass  # a filesystem without locks: go on
+        try:
+            check_still_named(self.fd, self.path)
+        except RangestreamError:
+            os.close(self.fd)
+            self.fd = None
+            raise
         if fresh:
             try:
                 os.ftruncate(self.fd, 0)
@@ -226,7 +250,8 @@ class PartFile:
 
     # the end ---------------------------------------------------------------------------------
     def finish(self) -> None:
-        """fsync, rename FILE.part -> FILE, delete the sidecar."""
+        """fsync, rename FILE.part -> FILE, delete the sidecar. The rename happens under the lock:
+        closed first, a second run could lock (and, with --force, empty) the file about to be FILE."""
         self._wait_pending()
         assert self.fd is not None
         try:
@@ -235,11 +260,12 @@ class PartFile:
             os.fsync(self.fd)
         except OSError as e:
             raise local_io_error(e, self.path, "flush") from e
-        self.close()
         try:
             os.replace(self.path, self.final)
         except OSError as e:
             raise local_io_error(e, self.final, "rename to") from e
+        finally:
+            self.close()
         with contextlib.suppress(OSError):
             os.unlink(self.sidecar)
         with contextlib.suppress(OSError):
@@ -252,10 +278,10 @@ class PartFile:
     def discard(self) -> None:
         """Remove FILE.part and the sidecar (a fresh run that wrote nothing)."""
         self._wait_pending()
-        self.close()
-        for p in (self.path, self.sidecar):
+        for p in (self.path, self.sidecar):  # under the lock, as finish() renames
             with contextlib.suppress(OSError):
                 os.unlink(p)
+        self.close()
 
     def close(self) -> None:
         self._wait_pending()
