@@ -4,15 +4,19 @@ server whose object, validators and failures are set per run."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
 import os
+import shutil
+import signal
+import sys
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cli_support import run
+from cli_support import cli_env, run
 
 from rangestream.errors import RangestreamError
 from rangestream.output import PartFile, partfile
@@ -204,3 +208,33 @@ def test_a_part_renamed_between_open_and_lock_is_refused(tmp_path: Path, monkeyp
         b.shutdown()
     assert b.fd is None
     assert out.read_bytes() == b"y" * 1000
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to hold the final rename")
+async def test_a_signal_once_file_is_renamed_into_place_still_ends_0(tmp_path: Path):
+    # strace delays the final rename by 1 s; SIGTERM arrives then and is handled once it is done.
+    # Was: exit 143 "stopped by SIGTERM" with FILE complete.
+    out, log = tmp_path / "o.bin", tmp_path / "strace.log"
+    async with Server() as server:
+        proc = await asyncio.create_subprocess_exec(
+            "strace", "-f", "-qq", "-o", str(log), "-e", "trace=rename,renameat,renameat2",
+            "-e", "inject=rename,renameat,renameat2:delay_enter=1000000",
+            sys.executable, "-m", "rangestream", "get", server.url, "-o", str(out), cwd=tmp_path, env=cli_env(),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            for _ in range(1500):  # the rename of o.bin.part is entered (bounded: 30 s)
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if 'o.bin.part", ' in text:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError(f"no rename of o.bin.part seen: {text}")
+            renaming = next(line for line in text.splitlines() if 'o.bin.part", ' in line)
+            os.kill(int(renaming.split()[0]), signal.SIGTERM)  # the traced python (strace passes it on)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert out.read_bytes() == body(1)
+    assert proc.returncode == 0 and "was complete" in err.decode(), (proc.returncode, err.decode())

@@ -385,4 +385,5 @@ async def _fill(ctx: Context, stream: Stream, part: PartFile, state: SidecarStat
         part.close()
     else:
         part.finish()
+        ctx.finished = part.final  # a signal from here on still ends 0: FILE is complete
     return None

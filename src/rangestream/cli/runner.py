@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..output import silence_stdout
 from ..redact import redact_text
 from .args import make_client
-from .exits import EXIT_BROKEN_PIPE, EXIT_FAILURE, PROG, Interrupted, classify, is_broken_pipe
+from .exits import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_OK, PROG, Interrupted, classify, is_broken_pipe
 from .ui import Display, Summary, setup_logging, terminal_safe, write_json_summary
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class Context:
     client: Client | None = None  # shared by every download of the command (one pool, one pacing)
     # (template fields, default name) -> path; awaited: a batch job waits there for its turn to be named
     place: Callable[[dict[str, object], str], Awaitable[str]] | None = None
+    finished: str | None = None  # the command's one FILE, once renamed into place (complete)
 
 
 @contextlib.asynccontextmanager
@@ -94,6 +95,10 @@ def execute(args: argparse.Namespace, display: Display, summary: Summary,
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         summary.error = what
         note = f"; {ctx.interrupt_note}" if ctx.interrupt_note else ""
+        if ctx.finished is not None:
+            # The signal came after FILE was renamed into place: the download is done.
+            code, summary.error, summary.ok = EXIT_OK, None, True
+            note = f" after {ctx.finished} was complete"
         display.console.print(terminal_safe(f"{PROG}: {what}{note}"), style="yellow", markup=False, highlight=False)
     except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit code
         display.stop()
