@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -238,3 +239,14 @@ async def test_a_signal_once_file_is_renamed_into_place_still_ends_0(tmp_path: P
                 await proc.wait()
     assert out.read_bytes() == body(1)
     assert proc.returncode == 0 and "was complete" in err.decode(), (proc.returncode, err.decode())
+
+
+async def test_sha256_of_a_file_already_there(tmp_path: Path):
+    # "nothing to do" with --sha256: the hash of the FILE that is there. Was: no hash printed.
+    out = tmp_path / "o.bin"
+    out.write_bytes(b"already here")
+    async with Server() as server:
+        rc, _, err = await run("get", server.url, "-o", str(out), "--sha256", cwd=tmp_path)
+    assert rc == 0 and "nothing to do" in err, err
+    assert f"sha256 {hashlib.sha256(b'already here').hexdigest()}  {out}" in err, err
+    assert out.read_bytes() == b"already here"

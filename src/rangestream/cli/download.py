@@ -152,11 +152,15 @@ async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
 async def _get_file(ctx: Context, url: str, out: str) -> int:
     args, display, summary = ctx.args, ctx.display, ctx.summary
     await download_file(ctx, url, out)
-    if summary.extra.get("skipped"):
+    skipped = summary.extra.get("skipped")
+    if skipped and not (args.sha256 and skipped == "exists"):
         return EXIT_OK
-    if args.sha256:
-        summary.sha256 = await asyncio.to_thread(sha256_file, out)
-    if not args.json:
+    if args.sha256:  # also of a FILE already there ("nothing to do"): the hash asked for is of FILE
+        try:
+            summary.sha256 = await asyncio.to_thread(sha256_file, out)
+        except OSError as e:
+            raise local_io_error(e, out, "read") from e
+    if not args.json and not skipped:
         display.note(summary_line(summary))
     if summary.sha256:
         display.note(f"sha256 {summary.sha256}  {out}")
