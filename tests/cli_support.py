@@ -8,7 +8,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -43,10 +43,38 @@ async def run(*args: str, timeout: float = 30, **kw: Any) -> tuple[int, bytes, s
     return proc.returncode, out or b"", err.decode(errors="replace")
 
 
-class Feed:
+
+class LoopbackApp:
+    """An aiohttp app on 127.0.0.1 for one test, used as ``async with``: ``route`` is served by
+    ``_handle`` and ``url`` is ``path`` on its port."""
+
+    route = "/{tail:.*}"
+    path = "/"
+    url = ""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_get(self.route, self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}{self.path}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+class Feed(LoopbackApp):
     """An RSS feed on a loopback server (yt-dlp's generic extractor lists its items), noting each
     request's (path, source address). It lists ``items`` (title, link), then ``media``: bodies it
     serves itself at /v0.mp4, /v1.mp4, ... titled "Episode 0", "Episode 1", ..."""
+
+    route = "/{name}"
+    path = "/feed.xml"
 
     def __init__(self, items: list[tuple[str, str]] | None = None, media: list[bytes] | None = None) -> None:
         self.items, self.media = items or [], media or []
@@ -63,14 +91,3 @@ class Feed:
         return web.Response(text=f'<?xml version="1.0"?><rss version="2.0"><channel><title>My list</title>'
                                  f"{body}</channel></rss>", content_type="application/rss+xml")
 
-    async def __aenter__(self) -> Feed:
-        app = web.Application()
-        app.router.add_get("/{name}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/feed.xml"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()

@@ -12,11 +12,10 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Self
 
 import pytest
 from aiohttp import web
-from cli_support import Feed, cli_env, run, start
+from cli_support import Feed, LoopbackApp, cli_env, run, start
 from test_cli import last_json
 
 from rangestream.testing.origin import Origin
@@ -231,24 +230,18 @@ def manifest(media_url: str) -> str:
             f'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period>{rep}</Period></MPD>\n')
 
 
-class PageServer:
+class PageServer(LoopbackApp):
     """DASH manifests for the origin's media at ``/{name}/watch.mpd`` (``self.url`` is a format
     string for the name); subclasses decide when each answer goes out."""
 
+    route = "/{name}/watch.mpd"
+    path = "/{}/watch.mpd"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        return await self._manifest(request)
+
     async def _manifest(self, request: web.Request) -> web.Response:
         raise NotImplementedError
-
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_get("/{name}/watch.mpd", self._manifest)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/{{}}/watch.mpd"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
 
 
 class TwoPages(PageServer):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cli_support import cli_env, run
+from cli_support import LoopbackApp, cli_env, run
 
 from rangestream.errors import RangestreamError
 from rangestream.output import PartFile, partfile
@@ -31,9 +31,11 @@ def body(seed: int) -> bytes:
     return bytes((i * 7 + seed) % 251 for i in range(256)) * (SIZE // 256) + bytes(SIZE % 256)
 
 
-class Server:
+class Server(LoopbackApp):
     """``payload`` (or ``by_query[query string]``) with the ETag ``etag`` ("" : none); 503 for
     ranges starting at or past ``fail_from``; ``honour_if_range`` False: If-Range is ignored."""
+
+    path = "/object.bin"
 
     def __init__(self) -> None:
         self.payload, self.etag = body(1), '"v1"'
@@ -59,17 +61,6 @@ class Server:
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{SIZE}"
         return web.Response(status=206, body=payload[start:stop], headers=headers)
 
-    async def __aenter__(self) -> Server:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/object.bin"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
 
 
 async def first_half(server: Server, out: Path, url: str | None = None) -> dict[str, object]:

@@ -9,15 +9,17 @@ import json
 from pathlib import Path
 
 from aiohttp import web
-from cli_support import run
+from cli_support import LoopbackApp, run
 
 SIZE = 1_000_000
 HALF = 4 * 128_000  # the first run fails here, at a chunk boundary (128K is 128,000 bytes)
 
 
-class Server:
+class Server(LoopbackApp):
     """One object; the ETag and Last-Modified it shows and where it starts failing (503) are set
     per run; ``served`` notes each 206's (first, last + 1) byte."""
+
+    path = "/object.bin"
 
     def __init__(self) -> None:
         self.payload = bytes(range(256)) * (SIZE // 256) + bytes(SIZE % 256)
@@ -35,17 +37,6 @@ class Server:
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{SIZE}"
         return web.Response(status=206, body=self.payload[start:stop], headers=headers)
 
-    async def __aenter__(self) -> Server:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/object.bin"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
 
 
 def overlaps(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
