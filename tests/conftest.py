@@ -25,14 +25,25 @@ def use_curl_transport(monkeypatch: pytest.MonkeyPatch, impersonate: str | None 
     pytest.importorskip("curl_cffi")
     from rangestream.transports.curl import CurlTransport
 
-    monkeypatch.setattr(rangestream.client, "AiohttpTransport",
-                        lambda **options: CurlTransport(impersonate, **options))
+    monkeypatch.setattr(rangestream.client, "default_transport",
+                        lambda proxy, **options: CurlTransport(impersonate, proxy=proxy, **options))
 
 
-@pytest.fixture(params=["aiohttp", "curl"])
+def use_aiohttp_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every ``Client`` / ``open_stream`` without ``transport=`` build an AiohttpTransport,
+    also without a proxy (where the default is Http1Transport)."""
+    from rangestream.transports.aiohttp import AiohttpTransport
+
+    monkeypatch.setattr(rangestream.client, "default_transport",
+                        lambda proxy, **options: AiohttpTransport(proxy=proxy, **options))
+
+
+@pytest.fixture(params=["http1", "aiohttp", "curl"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test once per built-in transport: ``rangestream.Client`` and ``open_stream``
-    build the named one by default. Yields the name."""
+    build the named one by default (``http1`` is the default itself). Yields the name."""
     if request.param == "curl":
         use_curl_transport(monkeypatch)
+    elif request.param == "aiohttp":
+        use_aiohttp_transport(monkeypatch)
     return request.param

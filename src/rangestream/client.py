@@ -16,7 +16,7 @@ from .headers import load_cookies
 from .plan import url_param
 from .proxypool import Lease, NoProxyAvailableError, Proxy, ProxyPool, is_bot_check
 from .redact import redact_url
-from .transports import AiohttpTransport, Response, Transport
+from .transports import Http1Transport, Response, Transport
 
 log = logging.getLogger("rangestream")
 
@@ -103,7 +103,7 @@ class Client:
             return self._factory(proxy)
         if self._impersonate:
             return _curl_transport(self._impersonate, proxy=proxy, **self._transport_options)
-        return AiohttpTransport(proxy=proxy, **self._transport_options)
+        return default_transport(proxy, **self._transport_options)
 
     def open_stream(self, url: str, *, proxy: str | None = None, **options: Any) -> Stream:
         """A stream on this client's pool; ``proxy=`` pins this stream to another proxy.
@@ -146,6 +146,16 @@ class Client:
     async def aclose(self) -> None:
         for transport in self._by_proxy.values():
             await transport.aclose()
+
+
+def default_transport(proxy: str | None, **options: Any) -> Transport:
+    """The built-in transport: HTTP/1.1 on asyncio for direct connections, aiohttp through a
+    proxy (HTTP, HTTPS or SOCKS)."""
+    if proxy is None:
+        return Http1Transport(**options)
+    from .transports.aiohttp import AiohttpTransport  # lazy: aiohttp's import is ~0.15 s
+
+    return AiohttpTransport(proxy=proxy, **options)
 
 
 def _curl_transport(impersonate: str, **options: Any) -> Transport:
