@@ -48,6 +48,7 @@ _MAX_HEAD = 64 << 10     # status line and headers together
 _MAX_LINE = 8 << 10      # a chunk-size or trailer line
 _KEEPALIVE = 15.0        # seconds an idle connection stays in the pool (aiohttp's default too)
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
+_CHUNKED_END = re.compile(rb"\r\n0(?:;[^\r\n]*)?\r\n(?:[^\r\n]+\r\n)*\r\n")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
 # Bytes a request line cannot carry as they are (yarl and browsers escape them too); every
@@ -265,7 +266,19 @@ class _Http1Response:
         if self._closed:
             return
         self._closed = True
+        if self._chunked and not self._done and not self._left:
+            self._done = self._ends_chunked()
         self._pool.done(self._conn, reuse=self._done and self._keep)
+
+    def _ends_chunked(self) -> bool:
+        """The engine stops once it has the bytes Content-Range promised: the last-chunk marker
+        already queued after them completes the body, so the connection can be kept."""
+        conn = self._conn
+        rest = conn.take()
+        if _CHUNKED_END.fullmatch(rest if self._need_crlf else b"\r\n" + rest):
+            return True
+        conn.unread(rest)
+        return False
 
 
 def _chunk_size(line: bytes) -> int:
