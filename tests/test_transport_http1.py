@@ -234,3 +234,26 @@ async def test_http1_transport_closes_every_connection_on_aclose() -> None:
         resp.close()
         await transport.aclose()
         assert transport._pool is not None and not transport._pool._live
+
+
+async def test_a_host_name_is_looked_up_once_for_a_window_of_connections(monkeypatch) -> None:
+    """``localhost`` for eight connections in a row: one name lookup, the answer kept for the
+    others (aiohttp's connector kept lookups too; a window opens several connections at once)."""
+    async def reply(reader, writer, start, stop):
+        writer.write(head_206(start, stop) + DATA[start:stop])
+        await writer.drain()
+        return False  # a new connection per request
+
+    loop = asyncio.get_running_loop()
+    lookups: list[str] = []
+    real = loop.getaddrinfo
+
+    async def counted(host, *args, **kwargs):  # observes the loop's resolver, answers as it does
+        lookups.append(host)
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", counted)
+    async with raw_server(reply) as (url, counts):
+        assert await fetch(url.replace("127.0.0.1", "localhost"), chunk_size=128 << 10, window=1) == DATA
+    assert counts["connections"] == 8
+    assert lookups == ["localhost"]

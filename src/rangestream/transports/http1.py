@@ -15,8 +15,10 @@ kernel's buffer then fills and TCP slows the server, as with any stalled consume
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import re
+import socket
 import ssl
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -357,6 +359,32 @@ class _Pool:
         self._idle.clear()
 
 
+class _Resolver:
+    """Name lookups kept for a while (as aiohttp's connector keeps them): a window opens several
+    connections to one host at once, and each lookup is a trip to the resolver."""
+
+    TTL = 300.0
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, int], tuple[float, list[tuple[int, str]]]] = {}
+
+    async def resolve(self, host: str, port: int) -> list[tuple[int, str]]:
+        """(family, address) pairs for ``host``; an address literal is its own answer."""
+        try:
+            return [(socket.AF_INET6 if ":" in host else socket.AF_INET, str(ipaddress.ip_address(host)))]
+        except ValueError:
+            pass
+        loop = asyncio.get_running_loop()
+        hit = self._cache.get((host, port))
+        if hit is not None and loop.time() - hit[0] < self.TTL:
+            return hit[1]
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found: list[tuple[int, str]] = list(dict.fromkeys((int(family), str(sockaddr[0]))
+                                                          for family, _, _, _, sockaddr in infos))
+        self._cache[(host, port)] = (loop.time(), found)
+        return found
+
+
 class Http1Transport:
     """HTTP/1.1 to the server itself, kept-alive connections shared by every stream.
 
@@ -378,6 +406,7 @@ class Http1Transport:
         self._pacer = HostPacer(requests_per_second) if requests_per_second else None
         self._limits = (limit, limit_per_host)
         self._pool: _Pool | None = None
+        self._resolver = _Resolver()
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
                       connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response:
@@ -423,12 +452,10 @@ class Http1Transport:
 
     async def _connect(self, key: tuple[str, str, int], url: str, timeout: float) -> _Connection:
         scheme, host, port = key
-        loop = asyncio.get_running_loop()
         context = self._context() if scheme == "https" else None
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(key), host, port, ssl=context,
-                                                       server_hostname=host if context else None)
+                conn = await self._open(key, context)
         except ssl.SSLCertVerificationError as e:
             raise tls_error(url, str(e.verify_message or e.reason or "certificate verification failed"),
                             certificate=True) from None
@@ -444,6 +471,22 @@ class Http1Transport:
             raise TransientError(f"request failed: cannot connect to {host}:{port} ({why})") from e
         self._get_pool().add(conn)
         return conn
+
+    async def _open(self, key: tuple[str, str, int], context: ssl.SSLContext | None) -> _Connection:
+        """A connection to the first of the host's addresses that accepts one."""
+        _, host, port = key
+        loop = asyncio.get_running_loop()
+        error: OSError | None = None
+        for family, address in await self._resolver.resolve(host, port):
+            try:
+                _, conn = await loop.create_connection(lambda: _Connection(key), address, port, family=family,
+                                                       ssl=context, server_hostname=host if context else None)
+                return conn
+            except ssl.SSLError:
+                raise
+            except OSError as e:
+                error = e
+        raise error or OSError(f"no address for {host}")
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
