@@ -1,4 +1,4 @@
-"""The engine on aiohttp vs on curl_cffi (CurlTransport): throughput, CPU and memory.
+"""The engine on each transport (http1, the default; aiohttp; curl_cffi): throughput, CPU and memory.
 
     .venv/bin/python benchmarks/transports.py [--size 500M] [--windows 1,4,auto] [--repeat 1]
 
@@ -47,8 +47,14 @@ async def _child(kind: str, window: str, url: str) -> dict:
                     n += len(piece)
         extra: dict = {}
     else:
-        if kind == "aiohttp":
-            client = rangestream.Client()
+        if kind == "http1":
+            from rangestream.transports import Http1Transport
+
+            client = rangestream.Client(transport=Http1Transport())
+        elif kind == "aiohttp":
+            from rangestream.transports.aiohttp import AiohttpTransport
+
+            client = rangestream.Client(transport=AiohttpTransport())
         else:
             from rangestream.transports.curl import CurlTransport
 
@@ -92,7 +98,8 @@ def main() -> int:
     rows = []
     with origin_process("fast") as base:
         url = f"{base}/data/{name}/{size}.bin"
-        plan = [("curl_cffi-raw", "-")] + [(k, w) for w in args.windows.split(",") for k in ("aiohttp", "curl")]
+        kinds = ("http1", "aiohttp", "curl")
+        plan = [("curl_cffi-raw", "-")] + [(k, w) for w in args.windows.split(",") for k in kinds]
         for kind, window in plan:
             best = None
             for _ in range(args.repeat):
