@@ -15,6 +15,8 @@ profile with the user's headers on top:
 Header names are matched case-insensitively; a user header set to ``None``
 removes the default of that name.
 
+:func:`is_page_url` tells a YouTube page URL (resolved with yt-dlp) from a stream URL.
+
 :func:`load_cookies` reads a Netscape-format cookies file (as yt-dlp and curl
 write them) and :func:`cookie_header` picks the cookies a URL may receive
 (domain, path, secure flag and expiry, by :mod:`http.cookiejar`'s rules).
@@ -22,15 +24,22 @@ write them) and :func:`cookie_header` picks the cookies a URL may receive
 
 from __future__ import annotations
 
-import http.cookiejar
 import os
-import urllib.request
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import RangestreamError
 
-__all__ = ["CHROME_USER_AGENT", "IOS_USER_AGENT", "headers_for", "load_cookies", "cookie_header", "add_cookies"]
+if TYPE_CHECKING:
+    import http.cookiejar
+
+# http.cookiejar (with the urllib.request, http.client and email packages it pulls in) is
+# imported only when cookies are used (--cookies, cookies_file=): a plain download's start-up
+# would otherwise spend more on it than on any module of rangestream.
+
+__all__ = ["CHROME_USER_AGENT", "IOS_USER_AGENT", "headers_for", "is_page_url", "load_cookies", "cookie_header",
+           "add_cookies"]
 
 CHROME_USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
                      "(KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36")
@@ -42,6 +51,19 @@ _BROWSER = {
     "Accept": "*/*",
     "Accept-Language": "en-US,en;q=0.9",
 }
+
+
+_PAGE_HOSTS = ("youtube.com", "youtu.be", "youtube-nocookie.com")
+
+
+def is_page_url(url: str) -> bool:
+    """A YouTube page (watch, shorts, youtu.be...), not a googlevideo stream URL: resolved with
+    yt-dlp (``rangestream.refresh``), which a direct URL's download never has to import."""
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    return any(host == h or host.endswith("." + h) for h in _PAGE_HOSTS)
 
 
 def _is_googlevideo(host: str) -> bool:
@@ -100,6 +122,8 @@ def load_cookies(path: str | os.PathLike[str]) -> http.cookiejar.MozillaCookieJa
 
     Session cookies (no expiry, or yt-dlp's expiry ``0``) are kept; expired ones are dropped.
     """
+    import http.cookiejar
+
     jar = http.cookiejar.MozillaCookieJar()
     try:
         # ignore_expires: yt-dlp writes session cookies with expiry 0, which the jar would
@@ -120,6 +144,8 @@ def load_cookies(path: str | os.PathLike[str]) -> http.cookiejar.MozillaCookieJa
 
 def cookie_header(jar: http.cookiejar.CookieJar, url: str) -> str | None:
     """The ``Cookie`` header value ``jar`` sends to ``url``, or None."""
+    import urllib.request
+
     request = urllib.request.Request(url)
     jar.add_cookie_header(request)
     return request.get_header("Cookie")

@@ -32,13 +32,15 @@ import re
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from .errors import ProxyError, RangestreamError
 from .redact import redact_text, redact_url
+
+if TYPE_CHECKING:
+    from pathlib import Path  # imported only with a quarantine file: not for every command's start-up
 
 __all__ = [
     "ProxyPool",
@@ -189,7 +191,8 @@ def is_bot_check(status: int | None, body_text: str) -> bool:
 def read_quarantine(path: str | os.PathLike[str]) -> set[str]:
     """The ``host:port`` entries listed in a quarantine file (none if it does not exist)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return set()
     except OSError as e:
@@ -295,7 +298,11 @@ class ProxyPool:
         self.cooldown = cooldown
         self.failures_to_cool = failures_to_cool
         self.quarantine_after = quarantine_after
-        self.quarantine_file = Path(quarantine_file) if quarantine_file is not None else None
+        self.quarantine_file: Path | None = None
+        if quarantine_file is not None:
+            from pathlib import Path
+
+            self.quarantine_file = Path(quarantine_file)
         self.wait_timeout = wait_timeout
         self._now = now
         self._proxies = _build_entries(enumerate(proxies, 1), None)
@@ -310,7 +317,8 @@ class ProxyPool:
         """A pool from a file: one entry a line; blank lines and lines starting with ``#``
         are skipped (a ``#`` later in a line is part of the entry: passwords may hold one)."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise ProxyListError(f"cannot read the proxy file: {why}", source=str(path)) from None

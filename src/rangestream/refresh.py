@@ -36,15 +36,13 @@ import contextlib
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import RangestreamError
+from .headers import is_page_url
 from .plan import size_from_url, url_param
 from .proxypool import Lease, is_bot_check
 from .redact import redact_text, redact_url
@@ -76,7 +74,6 @@ INSTALL_HINT = "pip install 'rangestream[youtube]'"
 # Manifests (HLS m3u8, DASH segment lists) are not one object.
 _HTTP_FILTER = "[protocol^=http][protocol!*=dash]"
 
-_PAGE_HOSTS = ("youtube.com", "youtu.be", "youtube-nocookie.com")
 
 RefreshHook = Callable[[str], Awaitable[str]]
 # (page_url, yt-dlp options) -> yt-dlp's info dict; blocking, runs in a thread.
@@ -256,15 +253,6 @@ def _size_distance(like: StreamFormat, c: StreamFormat) -> float:
 # -- page URLs and names ----------------------------------------------------------------------
 
 
-def is_page_url(url: str) -> bool:
-    """A YouTube page (watch, shorts, youtu.be...), not a googlevideo stream URL."""
-    try:
-        host = (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return False
-    return any(host == h or host.endswith("." + h) for h in _PAGE_HOSTS)
-
-
 def output_name(title: str | None, ext: str | None, fallback: str = "download") -> str:
     """A file name from a title: no path separators, control or shell-hostile characters,
     at most ~200 bytes, plus ``.ext``."""
@@ -312,6 +300,9 @@ def ytdlp_extract(page_url: str, options: dict[str, Any]) -> dict[str, Any]:
         import yt_dlp
     except ImportError:
         raise ResolverUnavailable() from None
+    import shutil  # with yt-dlp: it imports them anyway, a direct download never does
+    import tempfile
+
     options = dict(options)
     cookies_copy = None
     try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = ["Retry", "Timeouts"]
 
@@ -49,6 +52,8 @@ class Retry:
         n = max(retry_number, 1)
         base: float = min(self.backoff * (2 ** (n - 1)), self.cap)
         if self.jitter:
+            import random  # here: only a retry needs it, and a command's start-up does not
+
             base *= (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
         return max(base, self.not_before(retry_after))
 

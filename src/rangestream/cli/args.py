@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import re
+import sys
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -302,7 +303,24 @@ def _epilog() -> str:
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=30)
+        super().__init__(prog, max_help_position=30, width=_help_width())
+
+
+def _help_width() -> int:
+    """argparse's own width (``shutil.get_terminal_size().columns - 2``: $COLUMNS, else stdout's
+    terminal, else 80), found without shutil: argparse makes a formatter for every flag added, and
+    shutil would bring zlib, bz2 and lzma into every command's start-up."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        stdout = sys.__stdout__
+        try:
+            columns = (os.get_terminal_size(stdout.fileno()).columns if stdout else 0) or 80
+        except (ValueError, OSError):
+            columns = 80
+    return columns - 2
 
 
 def _network_options(p: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from ..output import DownloadArchive, human_bytes
 from ..redact import redact_text, redact_url
 from .args import make_client
 from .exits import EXIT_OK, PROG, classify, worst_code
-from .jobs import Job, NameOrder
+from .jobs import Job, NameOrder, archived, record
 from .progress import MultiDisplay
 from .proxies import job_lease, release_command_lease
 from .runner import Context
@@ -30,15 +30,6 @@ class Result:
     code: int
     summary: Summary
     skipped: bool = False
-
-
-def archived(job: Job, archive: DownloadArchive | None) -> bool:
-    return archive is not None and (job.key in archive or job.url in archive)
-
-
-async def record(job: Job, archive: DownloadArchive | None) -> None:
-    if archive is not None:
-        await asyncio.to_thread(archive.add, job.key)
 
 
 RunJob = Callable[[Context, Job], Awaitable[int]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import os
 import stat
 import sys
@@ -91,6 +90,12 @@ async def _get_stdout(ctx: Context, url: str) -> int:
     return await _get_ordered(ctx, url, sys.stdout.fileno(), "-")
 
 
+def _sha256() -> Any:
+    import hashlib  # --sha256 only: not part of every download's start-up
+
+    return hashlib.sha256()
+
+
 async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
     """The object in order into ``fd`` (stdout, a device, a FIFO); ``output`` names it."""
     args, display, summary = ctx.args, ctx.display, ctx.summary
@@ -98,7 +103,7 @@ async def _get_ordered(ctx: Context, url: str, fd: int, output: str) -> int:
     ctx.ordered_output = output
     writer = StdoutWriter(fd)
     label = "stdout" if output == "-" else os.path.basename(output)
-    hasher = hashlib.sha256() if args.sha256 else None
+    hasher = _sha256() if args.sha256 else None
     started = time.monotonic()
     stream = None
     try:

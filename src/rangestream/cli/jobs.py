@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from ..output import default_output_name, is_template, render_template, safe_file_name
+from ..output import DownloadArchive, default_output_name, is_template, render_template, safe_file_name
 from ..output.names import fit_path
 from ..redact import redact_url
 from .args import check_url
@@ -28,6 +28,17 @@ class Job:
     key: str  # what --download-archive lists it as
     fields: dict[str, object] = field(default_factory=dict)  # template fields known before any request
     label: str = ""
+
+
+def archived(job: Job, archive: DownloadArchive | None) -> bool:
+    """Whether ``--download-archive`` lists ``job`` (by its key or its URL): skipped, no request."""
+    return archive is not None and (job.key in archive or job.url in archive)
+
+
+async def record(job: Job, archive: DownloadArchive | None) -> None:
+    """``job`` completed: appended to ``--download-archive``."""
+    if archive is not None:
+        await asyncio.to_thread(archive.add, job.key)
 
 
 def read_url_list(path: str) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..headers import is_page_url
 from ..redact import redact_url
 from .args import check_url
 from .exits import UsageError
@@ -21,8 +22,6 @@ def may_be_playlist(url: str, args: argparse.Namespace) -> bool:
     """Worth a flat extraction: a YouTube playlist or channel URL, or any URL with --resolve (yt-dlp's
     generic extractor finds RSS feeds and playlists in pages). A watch URL is one video, even with
     ``&list=`` (as yt-dlp's --no-playlist)."""
-    from ..refresh import is_page_url
-
     if is_page_url(url):
         segs = [s for s in urlsplit(url).path.split("/") if s]
         return bool(segs) and (segs[0] in _LIST_PATHS or segs[0].startswith("@")) and youtube_id(url) is None
@@ -73,8 +72,6 @@ async def playlist_jobs(args: argparse.Namespace, url: str, display: Any) -> lis
 
 def _entry_job(args: argparse.Namespace, entry: dict[str, Any], index: int, info: dict[str, Any]) -> Job | None:
     from yt_dlp.utils import unsmuggle_url
-
-    from ..refresh import is_page_url
 
     url = unsmuggle_url(str(entry.get("url") or entry.get("webpage_url") or ""))[0]
     if entry.get("ie_key") == "Youtube" and youtube_id(f"https://youtu.be/{url}"):

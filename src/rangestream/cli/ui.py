@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -320,6 +319,8 @@ class Summary:
 
 
 def write_json_summary(args: argparse.Namespace, summary: Summary, console: Any) -> None:
+    import json  # --json and --json-file only
+
     text = json.dumps(summary.as_json(), sort_keys=False)
     path = getattr(args, "json_file", None)
     if path:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
 from ..plan import ByteRange, parse_content_range
 from ..retry import Retry
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 Headers = Mapping[str, str]
 
@@ -200,7 +202,9 @@ def check_validators(known_etag: str | None, known_last_modified: str | None,
     changes = []
     if etag and known_etag and _opaque(known_etag) != _opaque(etag):
         changes.append(f"ETag {known_etag} -> {etag}")
-    if last_modified and known_last_modified and _http_date(known_last_modified) != _http_date(last_modified):
+    # Equal texts name one instant: parsed (and the date parser imported) only when they differ.
+    if (last_modified and known_last_modified and last_modified != known_last_modified
+            and _http_date(known_last_modified) != _http_date(last_modified)):
         changes.append(f"Last-Modified {known_last_modified} -> {last_modified}")
     if changes:
         return f"object changed mid-download ({', '.join(changes)}); refusing to mix versions"
@@ -229,15 +233,25 @@ def retry_after(value: str | None, now: float) -> float | None:
     if value.isdigit():
         return float(value)
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+        return max(0.0, _parsedate(value).timestamp() - now)
     except (TypeError, ValueError):
         return None
 
 
+def _parsedate(value: str) -> datetime:
+    # email.utils (and datetime) load at the first date that needs parsing (a Retry-After date,
+    # two spellings of Last-Modified): the email package would add to every command's start-up.
+    from email.utils import parsedate_to_datetime
+
+    return parsedate_to_datetime(value)
+
+
 def _http_date(value: str) -> object:
     """The instant an HTTP date names (``-0000`` parses as naive: it is UTC too); else the text."""
+    from datetime import UTC
+
     try:
-        when = parsedate_to_datetime(value)
+        when = _parsedate(value)
     except (TypeError, ValueError):
         return value.strip()
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)

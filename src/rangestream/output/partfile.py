@@ -7,8 +7,6 @@ import concurrent.futures
 import contextlib
 import errno
 import fcntl
-import hashlib
-import json
 import os
 import stat
 import threading
@@ -209,6 +207,8 @@ class PartFile:
         }
 
     def _persist(self, snap: dict[str, Any], fd: int | None) -> None:
+        import json  # here, in the saving thread: not part of the command's start-up
+
         # 1. the bytes the snapshot lists are on disk; 2. the sidecar replaced atomically.
         if fd is not None:
             os.fdatasync(fd)
@@ -296,6 +296,8 @@ class PartFile:
 
 
 def sha256_file(path: str) -> str:
+    import hashlib  # --sha256 only: not part of every download's start-up
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(4 << 20):

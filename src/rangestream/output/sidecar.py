@@ -4,10 +4,9 @@ validated before use (it may have been tampered with); replaced atomically."""
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -53,6 +52,8 @@ def read_sidecar(path: str) -> dict[str, Any]:
         raw = f.read(MAX_SIDECAR_BYTES + 1)
     if len(raw) > MAX_SIDECAR_BYTES:
         raise SidecarInvalid(f"it is larger than {human_bytes(MAX_SIDECAR_BYTES)}")
+    import json  # imported by the first sidecar read or save, not by an ``-o -`` start-up
+
     try:
         data = json.loads(raw.decode("utf-8"), parse_float=_no_floats, parse_constant=_no_floats)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -159,10 +160,10 @@ class SidecarState:
 
 
 def write_file_atomically(path: str, text: str) -> None:
-    """Replace ``path`` with ``text``: written to a fresh ``mkstemp`` file in the same directory
-    (never a predictable name someone could plant a symlink at), fsynced, then renamed over."""
+    """Replace ``path`` with ``text``: written to a fresh file in the same directory (never a
+    predictable name someone could plant a symlink at), fsynced, then renamed over."""
     directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base[:64]}.", suffix=".tmp")
+    fd, tmp = _fresh_file(directory, f".{base[:64]}.", ".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -173,3 +174,17 @@ def write_file_atomically(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _fresh_file(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file (fd, path) under a random name, made as ``tempfile.mkstemp`` makes it: created
+    exclusively, no symlink followed, mode 0600. Not tempfile itself: it would import shutil, bz2,
+    lzma and random into every ``get -o FILE``'s start-up for these few lines."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):  # 48 random bits: a name already taken is the rare exception
+        path = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}{suffix}")
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
