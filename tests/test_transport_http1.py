@@ -25,8 +25,8 @@ Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int, int], Awaitab
 async def raw_server(reply: Reply) -> AsyncIterator[tuple[str, dict[str, int]]]:
     """A server reading Range GETs on kept-alive connections and answering each with ``reply``
     (reader, writer, start, stop); ``reply`` returns False to close the connection. Yields
-    the URL and counters (connections, requests)."""
-    counts = {"connections": 0, "requests": 0}
+    the URL and counters (connections, requests, and each request's head)."""
+    counts: dict = {"connections": 0, "requests": 0, "heads": []}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counts["connections"] += 1
@@ -34,6 +34,7 @@ async def raw_server(reply: Reply) -> AsyncIterator[tuple[str, dict[str, int]]]:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 counts["requests"] += 1
+                counts["heads"].append(head)
                 start, stop = 0, len(DATA)
                 for line in head.decode("latin-1").split("\r\n"):
                     if line.lower().startswith("range: bytes="):
@@ -257,3 +258,104 @@ async def test_a_host_name_is_looked_up_once_for_a_window_of_connections(monkeyp
         assert await fetch(url.replace("127.0.0.1", "localhost"), chunk_size=128 << 10, window=1) == DATA
     assert counts["connections"] == 8
     assert lookups == ["localhost"]
+
+
+# -- interoperability found by a review: each behaves as aiohttp (the previous default) did ----
+
+@pytest.mark.parametrize("shape", ["bare LF", "folded header", "blank line first"])
+async def test_heads_in_the_forms_rfc_9112_lets_a_client_accept_are_read(shape: str) -> None:
+    """Bare LF line ends, an obs-fold continuation and a blank line before the status line: read
+    as RFC 9112 (2.2, 5.2) allows; before, a bare-LF head waited out the request timeout."""
+    def shaped(head: bytes) -> bytes:
+        if shape == "bare LF":
+            return head.replace(b"\r\n", b"\n")
+        if shape == "folded header":
+            return head[:-2] + b"X-Folded: a\r\n b\r\n\r\n"
+        return b"\r\n" + head
+
+    async def reply(reader, writer, start, stop):
+        writer.write(shaped(head_206(start, stop)) + DATA[start:stop])
+        await writer.drain()
+        return True
+
+    async with raw_server(reply) as (url, _):
+        timeouts = rangestream.Timeouts(request=2, idle=2, prefetch=2)
+        assert await fetch(url, timeouts=timeouts) == DATA
+
+
+async def test_the_callers_host_header_chooses_the_virtual_host() -> None:
+    """``-H 'Host: NAME'`` reaches a virtual host by address (as curl and aiohttp send it);
+    before, it was dropped and the default host's object came back with success."""
+    other = bytes(reversed(DATA))
+
+    async def reply(reader, writer, start, stop):
+        wanted = b"\r\nHost: cdn.example\r\n" in counts["heads"][-1]
+        writer.write(head_206(start, stop) + (other if wanted else DATA)[start:stop])
+        await writer.drain()
+        return True
+
+    async with raw_server(reply) as (url, counts):
+        assert await fetch(url, headers={"Host": "cdn.example"}) == other
+
+
+async def test_a_utf8_redirect_location_is_escaped_once() -> None:
+    async def reply(reader, writer, start, stop):
+        line = counts["heads"][-1].split(b"\r\n", 1)[0]
+        if line.startswith(b"GET /%C3%BC.bin "):
+            writer.write(head_206(start, stop) + DATA[start:stop])
+        elif line.startswith(b"GET /x "):
+            writer.write("HTTP/1.1 302 Found\r\nLocation: /ü.bin\r\nContent-Length: 0\r\n\r\n".encode())
+        else:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with raw_server(reply) as (url, counts):
+        assert await fetch(url) == DATA
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth() -> None:
+    async def reply(reader, writer, start, stop):
+        if b"\r\nAuthorization: Basic dTpwIHc=\r\n" not in counts["heads"][-1]:  # u:p w
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        else:
+            writer.write(head_206(start, stop) + DATA[start:stop])
+        await writer.drain()
+        return True
+
+    async with raw_server(reply) as (url, counts):
+        assert await fetch(url.replace("http://", "http://u:p%20w@")) == DATA
+
+
+async def test_a_cookie_set_by_a_redirect_goes_with_the_next_request() -> None:
+    async def reply(reader, writer, start, stop):
+        head = counts["heads"][-1]
+        if head.startswith(b"GET /final ") and b"sess=abc" in head:
+            writer.write(head_206(start, stop) + DATA[start:stop])
+        elif head.startswith(b"GET /final "):
+            writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 302 Found\r\nSet-Cookie: sess=abc; Path=/\r\nLocation: /final\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with raw_server(reply) as (url, counts):
+        assert await fetch(url.replace("127.0.0.1", "localhost")) == DATA
+
+
+async def test_non_ascii_header_values_go_as_utf8() -> None:
+    async def reply(reader, writer, start, stop):
+        writer.write(head_206(start, stop) + DATA[start:stop])
+        await writer.drain()
+        return True
+
+    async with raw_server(reply) as (url, counts):
+        assert await fetch(url, headers={"X-Name": "Zoë €"}) == DATA
+    assert "X-Name: Zoë €".encode() in counts["heads"][0]
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example"])
+async def test_a_host_name_with_a_bad_label_is_an_invalid_url_not_a_crash(host: str) -> None:
+    with pytest.raises(StreamError, match="bad host name"):
+        await fetch(f"http://{host}/x")

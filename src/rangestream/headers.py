@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 # would otherwise spend more on it than on any module of rangestream.
 
 __all__ = ["CHROME_USER_AGENT", "IOS_USER_AGENT", "headers_for", "is_page_url", "load_cookies", "cookie_header",
-           "add_cookies"]
+           "store_cookies", "add_cookies"]
 
 CHROME_USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
                      "(KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36")
@@ -149,6 +149,23 @@ def cookie_header(jar: http.cookiejar.CookieJar, url: str) -> str | None:
     request = urllib.request.Request(url)
     jar.add_cookie_header(request)
     return request.get_header("Cookie")
+
+
+def store_cookies(jar: http.cookiejar.CookieJar, url: str, set_cookie: list[str]) -> None:
+    """Keep the cookies of a response's ``Set-Cookie`` values by ``jar``'s rules (domain, path,
+    expiry) for the next requests to ``url``'s site."""
+    import email.message
+    import urllib.request
+
+    message = email.message.Message()
+    for value in set_cookie:
+        message["Set-Cookie"] = value
+
+    class _Response:  # what CookieJar.extract_cookies reads of a response
+        def info(self) -> email.message.Message:
+            return message
+
+    jar.extract_cookies(_Response(), urllib.request.Request(url))  # type: ignore[arg-type]
 
 
 def add_cookies(headers: dict[str, str], jar: http.cookiejar.CookieJar | None, url: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ kernel's buffer then fills and TCP slows the server, as with any stalled consume
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import os
 import re
@@ -23,10 +24,10 @@ import ssl
 from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import SplitResult, quote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 from ..errors import InvalidURLError, TransientError
-from ..headers import add_cookies, headers_for
+from ..headers import add_cookies, headers_for, store_cookies
 from ..redact import redact_url
 from .base import (
     MAX_REDIRECTS,
@@ -50,6 +51,7 @@ _MAX_HEAD = 64 << 10     # status line and headers together
 _MAX_LINE = 8 << 10      # a chunk-size or trailer line
 _KEEPALIVE = 15.0        # seconds an idle connection stays in the pool (aiohttp's default too)
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CHUNKED_END = re.compile(rb"\r\n0(?:;[^\r\n]*)?\r\n(?:[^\r\n]+\r\n)*\r\n")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
@@ -421,6 +423,8 @@ class Http1Transport:
                     resp = await self._send(method, url, headers, data, connect_timeout, idle_timeout)
             except TimeoutError as e:
                 raise TransientError("timed out waiting for the server") from e
+            if "Set-Cookie" in resp.headers:
+                self._keep_cookies(url, resp.headers.getall("Set-Cookie"))
             location = resp.headers.get("Location")
             if resp.status not in REDIRECT_STATUSES or not location:
                 return resp
@@ -430,9 +434,11 @@ class Http1Transport:
 
     async def _send(self, method: str, url: str, headers: Mapping[str, str], data: bytes | None,
                     connect_timeout: float, idle_timeout: float) -> _Http1Response:
-        scheme, host, port, target = _parse_url(url)
-        wire = _request_bytes(method, target, _host_header(scheme, host, port),
-                              add_cookies(headers_for(url, headers), self._cookies, url), data)
+        scheme, host, port, target, auth = _parse_url(url)
+        out = add_cookies(headers_for(url, headers), self._cookies, url)
+        if auth is not None and not any(k.lower() == "authorization" for k in out):
+            out["Authorization"] = auth
+        wire = _request_bytes(method, target, _host_header(scheme, host, port), out, data)
         key = (scheme, host, port)
         pool = self._get_pool()
         await pool.acquire(key)
@@ -466,6 +472,8 @@ class Http1Transport:
             raise tls_error(url, str(e.reason or type(e).__name__), certificate=False) from None
         except TimeoutError as e:
             raise TransientError(f"request failed: cannot connect to {host}:{port} (timed out)") from e
+        except UnicodeError:  # the resolver's IDNA check refused a label
+            raise InvalidURLError(f"invalid URL {redact_url(url)}: bad host name") from None
         except OSError as e:
             why = e.strerror or type(e).__name__
             raise TransientError(f"request failed: cannot connect to {host}:{port} ({why})") from e
@@ -487,6 +495,15 @@ class Http1Transport:
             except OSError as e:
                 error = e
         raise error or OSError(f"no address for {host}")
+
+    def _keep_cookies(self, url: str, values: list[str]) -> None:
+        """Cookies a server sets go with the next requests they match (as aiohttp's session
+        jar keeps them), in the jar of ``cookies=`` or one made now; never written to a file."""
+        if self._cookies is None:
+            import http.cookiejar  # lazy: only for servers that set cookies
+
+            self._cookies = http.cookiejar.CookieJar()
+        store_cookies(self._cookies, url, values)
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -532,14 +549,17 @@ async def _exchange(conn: _Connection, pool: _Pool, wire: bytes, method: str,
 
 
 async def _read_head(conn: _Connection) -> tuple[int, int, list[tuple[str, str]]]:
-    buf = b""
+    buf, scanned = bytearray(), 0
     while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            conn.unread(buf[end + 4:])
-            return _parse_head(buf[:end])
-        if len(buf) > _MAX_HEAD:
-            raise TransientError("response headers too long")
+        if scanned == 0:
+            del buf[:len(buf) - len(buf.lstrip(b"\r\n"))]  # blank lines before the status line
+        end = _HEAD_END.search(buf, max(0, scanned - 3))
+        if end is not None or len(buf) > _MAX_HEAD:
+            if end is None or end.start() > _MAX_HEAD:
+                raise TransientError("response headers too long")
+            conn.unread(bytes(buf[end.end():]))
+            return _parse_head(bytes(buf[:end.start()]))
+        scanned = len(buf)
         if not conn.chunks:
             await conn.wait()
             if not conn.chunks:
@@ -551,14 +571,21 @@ async def _read_head(conn: _Connection) -> tuple[int, int, list[tuple[str, str]]
 
 
 def _parse_head(head: bytes) -> tuple[int, int, list[tuple[str, str]]]:
-    lines = head.split(b"\r\n")
+    """Status, minor version and header fields. Lines may end in a bare LF and a folded line
+    continues the previous value after a space (both as RFC 9112 lets a recipient accept)."""
+    lines = [line.removesuffix(b"\r") for line in head.split(b"\n")]
     m = _STATUS.fullmatch(lines[0])
     if m is None:
         raise TransientError("malformed response status line")
     fields: list[tuple[str, str]] = []
     for raw in lines[1:]:
-        name, sep, value = raw.decode("latin-1").partition(":")
-        if not sep or not _TOKEN.fullmatch(name) or "\n" in value:
+        text = raw.decode("latin-1").replace("\r", " ")  # a bare CR inside a value: a space
+        if text[:1] in (" ", "\t") and fields:
+            name, value = fields.pop()
+            fields.append((name, (value + " " + text.strip(" \t")).strip()))
+            continue
+        name, sep, value = text.partition(":")
+        if not sep or not _TOKEN.fullmatch(name):
             raise TransientError("malformed response header line")
         fields.append((name, value.strip(" \t")))
     return int(m.group(2)), int(m.group(1)), fields
@@ -583,8 +610,9 @@ def _framing(method: str, status: int, headers: _Headers) -> tuple[int | None, b
     return int(lengths.pop()), False
 
 
-def _parse_url(url: str) -> tuple[str, str, int, str]:
-    """(scheme, host, port, request target) of an http(s) URL, or InvalidURLError."""
+def _parse_url(url: str) -> tuple[str, str, int, str, str | None]:
+    """(scheme, host, port, request target, Authorization from the URL's user:password) of an
+    http(s) URL, or InvalidURLError."""
     try:
         parts = urlsplit(url)
         scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
@@ -594,15 +622,22 @@ def _parse_url(url: str) -> tuple[str, str, int, str]:
         raise InvalidURLError(f"invalid URL {redact_url(url)}: not http(s)")
     if not host:
         raise InvalidURLError(f"invalid URL {redact_url(url)}: no host")
+    if port == 0:
+        raise InvalidURLError(f"invalid URL {redact_url(url)}: port 0")
     try:
-        host = host if host.isascii() else host.encode("idna").decode("ascii")
+        if ":" not in host:  # an IPv6 literal has no labels
+            host = host.encode("idna").decode("ascii")  # also checks label lengths and empty labels
     except UnicodeError:
         raise InvalidURLError(f"invalid URL {redact_url(url)}: bad host name") from None
     if _UNSAFE.search(host) or "%" in host:
         raise InvalidURLError(f"invalid URL {redact_url(url)}: bad host name")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     target = _UNSAFE.sub(lambda m: quote(m.group(0), safe=""), target)
-    return scheme, host, port or (443 if scheme == "https" else 80), target
+    auth = None
+    if parts.username is not None:  # as aiohttp and curl: Basic credentials from the URL
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        auth = "Basic " + base64.b64encode(pair).decode("ascii")
+    return scheme, host, port or (443 if scheme == "https" else 80), target, auth
 
 
 def _port(parts: SplitResult) -> int:
@@ -615,11 +650,16 @@ def _host_header(scheme: str, host: str, port: int) -> str:
 
 
 def _request_bytes(method: str, target: str, host: str, headers: Mapping[str, str], data: bytes | None) -> bytes:
+    """The request's head (and body). The caller's ``Host`` wins over the URL's (a virtual host
+    reached by address, as with curl and aiohttp); framing headers are this module's own."""
     if not _TOKEN.fullmatch(method):
         raise InvalidURLError(f"invalid HTTP method {method!r}")
+    if _BAD_VALUE.search(host):
+        raise InvalidURLError("invalid header 'Host': values cannot hold line breaks")
+    host = next((v for k, v in headers.items() if k.lower() == "host"), host)
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     for name, value in headers.items():
-        if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
+        if name.lower() in ("host", "content-length", "transfer-encoding"):
             continue
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise InvalidURLError(f"invalid header {name!r}: names are tokens, values cannot hold line breaks")
@@ -627,17 +667,21 @@ def _request_bytes(method: str, target: str, host: str, headers: Mapping[str, st
     if data is not None or method in ("POST", "PUT"):
         lines.append(f"Content-Length: {len(data or b'')}")
     try:
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()  # values as UTF-8, as aiohttp sends them
     except UnicodeEncodeError:
-        raise InvalidURLError("invalid header value: not latin-1") from None
+        raise InvalidURLError("invalid header value: not encodable") from None
     return head + data if data else head
 
 
 def _follow(status: int, url: str, location: str, method: str, data: bytes | None,
             headers: Mapping[str, str]) -> tuple[str, str, bytes | None, dict[str, str]]:
     """The URL, method, body and caller's headers of the next hop of a redirect."""
+    # Header values were decoded byte for byte (latin-1): escape the bytes as sent, so a UTF-8
+    # path goes out as its UTF-8 escapes rather than being encoded a second time.
+    location = re.sub(rb"[^\x21-\x7e]", lambda m: b"%%%02X" % m.group(0)[0],
+                      location.strip().encode("latin-1", "replace")).decode("ascii")
     try:
-        target = urljoin(url, location.strip())
+        target = urljoin(url, location)
         old, new = urlsplit(url), urlsplit(target)
         scheme = new.scheme.lower()
         same_origin = (scheme in ("http", "https") and scheme == old.scheme.lower()
