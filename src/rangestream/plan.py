@@ -72,6 +72,25 @@ def next_chunk(offset: int, size: int | None, chunk_size: int) -> ByteRange | No
     return ByteRange(offset, min(offset + chunk_size, size))
 
 
+# Never plan (or split off) a piece smaller than this near the end: a new request costs a round trip.
+MIN_SPLIT = 256 << 10
+
+
+def tail_chunk(offset: int, stop: int, chunk_size: int, *, left: int, rate: float, ttfb: float,
+               connections: int) -> ByteRange:
+    """The next chunk of the span ``[offset, stop)`` sized so that it ends when the connections
+    already reading do: all of them together drain the ``left`` bytes not yet read at ``rate``
+    bytes/s, and a new request reads nothing for ``ttfb`` seconds while the others read
+    ``rate * ttfb`` of them; each of ``connections`` gets a share of the rest. Far from the end
+    that share is more than a chunk (``chunk_size``); near it, it is never below ``MIN_SPLIT``, and
+    a piece never leaves less than ``MIN_SPLIT`` of the span for a request of its own."""
+    share = int((left - rate * ttfb) / max(1, connections))
+    n = min(chunk_size, max(MIN_SPLIT, share))
+    if stop - offset - n < MIN_SPLIT and stop - offset <= chunk_size:
+        n = stop - offset
+    return ByteRange(offset, min(stop, offset + n))
+
+
 def plan_chunks(size: int, chunk_size: int, start: int = 0) -> list[ByteRange]:
     """All chunks covering ``[start, size)``: each ``chunk_size`` long but the last."""
     chunks = []
@@ -160,6 +179,7 @@ class AutoWindow:
         self._prev: int | None = None  # size before the last growth step
         self._slow_start = True
         self._next_probe = 0.0
+        self._opened = 0  # chunks asked at once before the first response (open_at_once)
 
     def _set(self, now: float, size: int) -> int:
         size = max(1, min(size, self.ceiling))
@@ -168,6 +188,15 @@ class AutoWindow:
             self.size = size
             self._changed_at = now
         return self.size
+
+    def open_at_once(self, most: int) -> int:
+        """How many chunks to ask before any response when the size is unknown: the start
+        ``first_response`` chooses for a long round trip (half the ceiling), at most ``most``;
+        a long round trip is what makes waiting for the first answer costly. An object smaller
+        than those chunks costs their few extra requests (answered 416, or cancelled once the
+        size is known)."""
+        self._opened = max(self.size, min(self.ceiling // 2, most))
+        return self._opened
 
     def first_response(self, now: float, size: int | None, chunk_size: int, ttfb: float) -> int:
         """The first response came: choose the start from what it told instead of ramping from 2.
@@ -178,11 +207,12 @@ class AutoWindow:
         busy, open half the ceiling at once: only the last doubling is still tested (and given
         back if it did not pay). A short round trip makes the ramp cheap, and an object of a
         few chunks cannot use more connections than it has chunks. Once the server pushed back
-        (429/503), nothing grows here."""
+        (429/503), nothing grows here. Chunks already asked at once (``open_at_once``) are in
+        flight anyway: the start is at least that many, so the samples measure what runs."""
         if not self._slow_start or size is None or chunk_size <= 0:
             return self.size
         chunks = -(-size // chunk_size)
-        start = self.size
+        start = max(self.size, self._opened)
         if ttfb >= 2 * self.settle:
             start = max(start, self.ceiling // 2)
         return self._set(now, max(1, min(start, chunks, self.ceiling)))

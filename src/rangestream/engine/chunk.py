@@ -81,7 +81,8 @@ class Chunks:
             slot.finished = True
             slot.trace.done = time.monotonic()
             slot.wakeup.set()
-            window.size_known.set()
+            if slot not in window.speculative:  # only the probe's end may end the wait for the size
+                window.size_known.set()
             if not window.stopping and slot.error is None:
                 window.fill()  # a request slot is free: do not wait for the consumer
             window.sync_head()  # unordered: the next chunk may be the lowest unfinished now
@@ -89,6 +90,8 @@ class Chunks:
     async def _fetch(self, slot: Slot) -> None:
         attempts = ChunkAttempts(self._retry)
         while True:
+            if slot.trace.requests:
+                await self._window.wait_known(slot)  # a speculative chunk asks again only once the size is known
             url, gen = self._source.url, self._source.gen
             wait = slot.not_before - time.monotonic()
             if wait > 0:
@@ -187,6 +190,7 @@ class Chunks:
         finally:
             attempt.deadline = None
         try:
+            sent += await self._window.wait_known(slot)  # a speculative chunk waits for the size
             body = self._check(slot, resp, want, headers.get("If-Range"))
             slot.trace.headers = now = time.monotonic()
             self.ttfb = now - sent if self.ttfb is None else 0.8 * self.ttfb + 0.2 * (now - sent)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..plan import AutoWindow, ByteRange
+from ..plan import MIN_SPLIT, AutoWindow, ByteRange
 from .chunk import Chunks
 from .slot import Slot
 from .stats import Stats
@@ -17,12 +17,13 @@ log = logging.getLogger("rangestream")
 # The controller's sampling period: short, so the window finds the link within
 # about half a second (measured-facts.md: reconsidering per chunk is too slow).
 TICK = 0.05
-# Never split a remainder into pieces smaller than this: a new request costs a round trip.
-MIN_SPLIT = 256 << 10
 # The consumer is behind once this much is ready for it and not taken (a consumer waiting
 # for bytes takes each piece as it comes; a momentary lag leaves at most about one piece),
 # or half a chunk when chunks are smaller (``_ready``).
 BACKLOG = 1 << 20
+# Chunks asked at once while the size is unknown (a parallel window): the probe and the next
+# ones, so that a long first-byte delay is paid once, not twice (see Window.speculate).
+SPECULATE = 4
 # A read is stalled once silent for this many times the longest gap its connection has shown...
 GAPS = 4
 # ...and, with no other connection flowing to compare with, for at least this many seconds.
@@ -37,6 +38,10 @@ class Controller:
         self._auto = auto
         # Windows 1 and 2 keep their simple shapes: sequential, and one prefetch.
         self._parallel = auto is not None or window.size_limit > 2
+        if auto is not None:
+            window.speculate = auto.open_at_once(SPECULATE)
+        elif self._parallel:
+            window.speculate = min(window.size_limit, SPECULATE)
         self._started = False  # the auto window's start was chosen (from the first response)
         self._held_since: tuple[float, int] | None = None  # (time, bytes delivered) the consumer became the limit
 
@@ -69,6 +74,7 @@ class Controller:
                 r = s.rate(now)
                 if r and s.reading_since is not None and s.range.stop is not None and not s.ending:
                     s.ending = (s.range.stop - s.pos) / r < ttfb + TICK
+            w.pace = self._pace(now, ttfb)
             w.fill()
             if self._auto is not None:
                 held = self._consumer_bound(now)
@@ -78,6 +84,16 @@ class Controller:
                     reading = sum(1 for s in w.order if s.reading_since is not None and not s.finished)
                     w.resize(self._auto.observe(now, rate, reading))
             self._maybe_split(now)
+
+    def _pace(self, now: float, ttfb: float) -> tuple[float, float] | None:
+        """What sizes the chunks near the end (``Window.pace``): the connections' rate together
+        and the first-byte delay; None while the consumer holds chunks back (then the link is
+        not what decides when they end) or before any connection reads."""
+        running = [s for s in self._window.order if not s.finished]
+        if not ttfb or any(s.gated_since is not None for s in running):
+            return None
+        rate = sum(r for s in running if s.reading_since is not None and (r := s.rate(now)))
+        return (rate, ttfb) if rate > 0 else None
 
     def _maybe_start(self, now: float) -> None:
         """Once the first response told the size and the round trip: the auto window's start."""

@@ -176,7 +176,8 @@ class Stream:
                 w.size_known.set()  # nothing to fetch (e.g. ranges=[]): nothing to learn
             if not w.size_known.is_set():
                 # No clen: chunk 0's first response tells the size (or that the
-                # server ignores Range); nothing else is planned before that.
+                # server ignores Range); before that only the chunks right after it are
+                # asked, with a parallel window (Window.speculate), and judged after it.
                 await w.wait_size()
             self._controller = tg.create_task(self._control.run(), name="rangestream-control")
         except BaseException:

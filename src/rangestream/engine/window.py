@@ -9,11 +9,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ..errors import ObjectChangedError
-from ..plan import ByteRange, next_chunk
+from ..errors import ObjectChangedError, StreamError
+from ..plan import ByteRange, next_chunk, tail_chunk
 from .delivery import InOrder, Unordered
 from .response import Body, Learned
-from .slot import Slot
+from .slot import Slot, Terminal
 from .stats import Stats
 
 
@@ -38,6 +38,14 @@ class Window:
         self.whole_spans = False  # the server ignores Range: one request per span
         self.end: int | None = None  # unknown total: the least byte the server said does not exist
         self.probe_open = False
+        # Chunks asked before the size is known: 1 (the probe alone), or with a parallel window
+        # the probe and the chunks right after it at once, not a round trip later (the
+        # controller sets it). Those after the probe are ``speculative`` until its answer.
+        self.speculate = 1
+        self.speculative: list[Slot] = []
+        # (bytes/s of all connections together, first-byte delay), from the controller with a
+        # parallel window: chunks near the end are sized to end together (plan.tail_chunk).
+        self.pace: tuple[float, float] | None = None
         self.order: list[Slot] = []  # the window, in object order
         self.head: Slot | None = None  # the chunk the consumer waits on (see sync_head)
         self.next_index = 0
@@ -67,20 +75,33 @@ class Window:
         if not self.spans:
             return None
         span = self.spans[0]
+        if span.stop is None and not self.size_known.is_set():
+            # Unknown size: the probe (and any speculative chunk) is one chunk cut from the
+            # open span; learn_size re-plans what is left of it.
+            self.probe_open = True
+            stop = span.start + self.chunk_size
+            self.spans[0] = ByteRange(stop, None)
+            return ByteRange(span.start, stop)
         if span.stop is None or self.whole_spans:
             self.spans.popleft()
-            if span.stop is None and not self.size_known.is_set():
-                # Unknown size: probe with one chunk; learn_size re-plans the rest.
-                self.probe_open = True
-                return ByteRange(span.start, span.start + self.chunk_size)
             return span
-        chunk = next_chunk(span.start, span.stop, self.chunk_size)  # the pure, tested planner
+        if self.pace is not None:
+            chunk: ByteRange | None = tail_chunk(span.start, span.stop, self.chunk_size, left=self._left(),
+                                                 rate=self.pace[0], ttfb=self.pace[1],
+                                                 connections=self.size_limit)
+        else:
+            chunk = next_chunk(span.start, span.stop, self.chunk_size)  # the pure, tested planner
         assert chunk is not None and chunk.stop is not None  # spans are never empty
         if chunk.stop >= span.stop:
             self.spans.popleft()
         else:
             self.spans[0] = ByteRange(chunk.stop, span.stop)
         return chunk
+
+    def _left(self) -> int:
+        """Bytes not yet read: still to plan, and what running chunks have yet to read."""
+        return sum(len(r) for r in self.spans if r.stop is not None) + sum(
+            s.range.stop - s.pos for s in self.order if not s.finished and s.range.stop is not None)
 
     def fill(self) -> None:
         """Start chunks while fewer than ``size_limit`` requests are running.
@@ -91,17 +112,24 @@ class Window:
         Slots waiting for the consumer are bounded by the read-ahead budget.
         """
         most = self.size_limit + self.max_buffer // self.chunk_size + 1
-        while not self.stopping and len(self.order) < most:
-            if sum(1 for s in self.order if not s.finished and not s.ending) >= self.size_limit:
+        while not self.stopping:
+            known = self.size_known.is_set()
+            if not known:
+                # Size still unknown: the probe, and after it (cut from an open span) up to
+                # ``speculate`` chunks in all, whatever the window (see wait_known).
+                if self.next_index >= (self.speculate if self.probe_open else 1):
+                    break
+            elif len(self.order) >= most or \
+                    sum(1 for s in self.order if not s.finished and not s.ending) >= self.size_limit:
                 break
-            if not self.size_known.is_set() and self.next_index > 0:
-                break  # size still unknown: only the probe may run
-            probe = not self.size_known.is_set()
             rng = self.plan_next()
             if rng is None:
                 break
             slot = self.add_slot(rng, len(self.order))
-            slot.to_end = slot.to_end or (probe and self.probe_open)  # the probe was cut from an open span
+            if not known and slot.index > 0:
+                self.speculative.append(slot)
+            elif not known:
+                slot.to_end = slot.to_end or self.probe_open  # the probe was cut from an open span
         self.sync_head()
         self.stats.window_max = max(self.stats.window_max, self.size_limit)
         self.stats.connections_max = max(self.stats.connections_max, self.active)
@@ -142,34 +170,61 @@ class Window:
             self.take_over_rest(slot)
 
     def learn_size(self, slot: Slot, size: int | None, ranged: bool) -> None:
-        """The probe's first response arrived on a URL without ``clen``."""
+        """The probe's first response arrived on a URL without ``clen``. Speculative chunks
+        (``speculate``) are kept, clipped to the object, when the server honours Range and
+        says the total; those wholly past the end, or all of them otherwise, are dropped unread."""
         if self.size_known.is_set():
             return
         self.size = self.stats.size = size
         start, stop = slot.range.start, slot.range.stop
         assert stop is not None  # the probe is one chunk
-        if size is None:
-            # No total: a server honouring Range gets the rest as one open-ended request;
-            # one ignoring it sends everything in this response. Bounded spans (ranges=)
-            # stay bounded: one request each.
-            if self.probe_open and ranged:
-                self.spans.appendleft(ByteRange(stop, None))
-            elif self.probe_open:
+        speculative, self.speculative = self.speculative, []
+        for s in speculative:
+            assert s.range.stop is not None  # speculative chunks are bounded
+            if size is not None and ranged and s.range.start < size:
+                s.cut_to(min(s.range.stop, size))
+            else:
+                self._drop(s)
+        # With an open span, spans[0] is what follows the last chunk cut from it.
+        if self.probe_open and not ranged:
+            self.spans.popleft()  # a server ignoring Range: the probe's response carries it all
+            if size is None:
                 slot.range = ByteRange(start, None)  # read to EOF
-                self.spans.clear()
-            self.whole_spans = True
+            else:
+                stop = size
+        elif self.probe_open and size is None:
+            # No total: the rest after the probe is one open-ended request (whole_spans).
+            self.spans[0] = ByteRange(stop, None)
+        if size is None:
+            self.whole_spans = True  # bounded spans (ranges=) stay bounded: one request each
         else:
-            if self.probe_open:
-                # The probe was cut from an open-ended span: give back what follows it.
-                stop = size if not ranged else min(stop, size)
-                if stop < size:
-                    self.spans.appendleft(ByteRange(stop, size))
             slot.range = ByteRange(start, max(start, min(stop, size)))
             self.whole_spans = not ranged  # a server ignoring Range: one request per span
-            self.clip_spans()
+            self.clip_spans()  # what follows the kept chunks ends at the size
         slot.trace.stop = slot.range.stop
         self.size_known.set()
         self.fill()
+
+    def _drop(self, slot: Slot) -> None:
+        """A speculative chunk past the end (or not needed): its request dies with its task."""
+        if slot in self.order:
+            self.order.remove(slot)
+        if slot.task is not None:
+            slot.task.cancel()
+
+    async def wait_known(self, slot: Slot) -> float:
+        """A speculative chunk's response waits, unread, for the probe's answer: only the size
+        says whether its range exists (one wholly past the end is dropped, never judged, so its
+        416 is no error) and whether the server honours Range (if not, the probe's response
+        carries the object and this one is dropped). Returns the seconds waited here, which
+        are not the server's first-byte delay."""
+        if slot not in self.speculative:
+            return 0.0
+        since = time.monotonic()
+        await self.size_known.wait()
+        if slot in self.speculative:  # the probe ended without an answer: the stream fails with its error
+            raise Terminal(StreamError("the first request failed before the size was known"))
+        return time.monotonic() - since
 
     def ends_at(self, slot: Slot, at: int) -> None:
         """The server said the object (of unknown total) ends at byte ``at``: this slot
