@@ -103,7 +103,7 @@ async def test_redirect_loop_exits_4_at_once(tmp_path):
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
         rc, _, err = await run("get", f"http://127.0.0.1:{runner.addresses[0][1]}/loop", "-o", "x.bin",
-                                 "--retries", "3", "--backoff", "0.01", cwd=tmp_path)
+                                 "--retries", "3", "--backoff", "0.01", "--window", "2", cwd=tmp_path)
     finally:
         await runner.cleanup()
     assert rc == 4, err

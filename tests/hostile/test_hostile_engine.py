@@ -217,7 +217,9 @@ async def test_a_bursty_server_is_read_on_one_connection(tmp_path):
 
     await asyncio.gather(library(lib[0], False), library(lib[1], True), command_line())
     assert [len(b.requests) for b in lib] == [1, 1]
-    assert len(cli_books.requests) == 2  # one per CLI run
+    # One per CLI run. (Its auto window also asks the next chunks with the first one before the
+    # size is known; past the end of this small object, they are dropped unread.)
+    assert len([a for _, a in cli_books.requests if a is not None and a < len(small)]) == 2
 
 
 # -- 10. stats stay bounded -------------------------------------------------------------------------

@@ -118,8 +118,11 @@ async def test_redirect_loop_is_terminal_after_the_redirect_limit(transport):
 async def test_cli_redirect_loop_exits_4_with_a_clear_message(tmp_path):
     log: list[str] = []
     async with serve(redirect_loop(log)) as url:
-        await check_cli(url, tmp_path, exit_code=4, args=("--retries", "3", "--backoff", "0.01"))
-        rc, _, err = await cli("get", url, "-o", "-", "--retries", "3", "--backoff", "0.01")
+        # --window 2: one request at a time before the size is known (auto asks a few at once,
+        # each following the loop), so the count shows that nothing is retried.
+        args = ("--retries", "3", "--backoff", "0.01", "--window", "2")
+        await check_cli(url, tmp_path, exit_code=4, args=args)
+        rc, _, err = await cli("get", url, "-o", "-", *args)
     assert rc == 4 and "too many redirects" in err and "LOOPSECRET" not in err, err
     assert len(log) == 3 * 11  # each run: 11 requests, no retry
 
@@ -204,7 +207,9 @@ async def test_cli_tls_untrusted_then_cacert_then_insecure(tls_ca, tmp_path, mon
         monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the hint's third way (the subprocess inherits it)
         (tmp_path / "c").mkdir()
         await check_cli(url, tmp_path / "c", expected=PAYLOAD)
-    assert len(log) == 3 * 2
+    # Each successful run: the first request, and the chunks its auto window asked with it before
+    # the size was known (past the end of this small object: dropped, maybe before being sent).
+    assert 3 * 2 <= len(log) <= 3 * 2 * 4
 
 
 # -- item 12: a proxy answering 407 -----------------------------------------------------------
@@ -254,6 +259,7 @@ async def test_cli_proxy_407(tmp_path):
     log: list[str] = []
     async with proxy_407(log) as port:
         rc, _, err = await cli("get", "http://origin.invalid/x", "-o", str(tmp_path / "f"),
-                               "--proxy", f"http://user:{PROXY_SECRET}@127.0.0.1:{port}", "--retries", "3")
+                               "--proxy", f"http://user:{PROXY_SECRET}@127.0.0.1:{port}", "--retries", "3",
+                               "--window", "2")  # one request at a time before the size is known
     assert rc == 7 and "407" in err and PROXY_SECRET not in err, err
     assert len(log) == 1 and not (tmp_path / "f").exists()
