@@ -48,6 +48,7 @@ __all__ = ["Http1Transport"]
 
 _HIGH = 2 << 20          # unread bytes per connection before reading pauses
 _MAX_HEAD = 64 << 10     # status line and headers together
+_GATHER = 1 << 20        # small socket reads are joined into pieces up to this size
 _MAX_LINE = 8 << 10      # a chunk-size or trailer line
 _KEEPALIVE = 15.0        # seconds an idle connection stays in the pool (aiohttp's default too)
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
@@ -114,21 +115,22 @@ class _Connection(asyncio.Protocol):
             self._waiter = None
 
     def take(self, limit: int | None = None) -> bytes:
-        """Queued bytes (at most ``limit``), ``b""`` when none are."""
+        """The next queued bytes (at most ``limit``), ``b""`` when none are. Small reads are
+        gathered up to 1 MiB (fewer, larger pieces cost the engine less); a large one is
+        handed on as it is, never copied into a bigger one."""
         chunks = self.chunks
-        if limit is None or self.size <= limit:
-            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-        else:
-            parts, need = [], limit
-            while need:
-                c = chunks.popleft()
-                if len(c) > need:
-                    chunks.appendleft(c[need:])
-                    c = c[:need]
-                parts.append(c)
-                need -= len(c)
+        if not chunks:
+            return b""
+        data = chunks.popleft()
+        if len(data) < _GATHER and chunks:
+            parts, n = [data], len(data)
+            while chunks and n < _GATHER and (limit is None or n < limit):
+                parts.append(chunks.popleft())
+                n += len(parts[-1])
             data = b"".join(parts)
+        if limit is not None and len(data) > limit:
+            chunks.appendleft(data[limit:])
+            data = data[:limit]
         self.size -= len(data)
         if self._paused and self.size < _HIGH // 2 and self.transport is not None:
             self._paused = False
@@ -549,17 +551,9 @@ async def _exchange(conn: _Connection, pool: _Pool, wire: bytes, method: str,
 
 
 async def _read_head(conn: _Connection) -> tuple[int, int, list[tuple[str, str]]]:
-    buf, scanned = bytearray(), 0
+    """The head's status and fields; the bytes after it stay queued for the body."""
+    buf, scanned = b"", 0
     while True:
-        if scanned == 0:
-            del buf[:len(buf) - len(buf.lstrip(b"\r\n"))]  # blank lines before the status line
-        end = _HEAD_END.search(buf, max(0, scanned - 3))
-        if end is not None or len(buf) > _MAX_HEAD:
-            if end is None or end.start() > _MAX_HEAD:
-                raise TransientError("response headers too long")
-            conn.unread(bytes(buf[end.end():]))
-            return _parse_head(bytes(buf[:end.start()]))
-        scanned = len(buf)
         if not conn.chunks:
             await conn.wait()
             if not conn.chunks:
@@ -567,7 +561,20 @@ async def _read_head(conn: _Connection) -> tuple[int, int, list[tuple[str, str]]
                     raise _StaleConnection()
                 raise TransientError("connection closed before the response headers" if not buf else
                                      "connection closed in the middle of the response headers")
-        buf += conn.take()
+        piece = conn.chunks.popleft()  # one read at a time: the body that follows is not copied
+        conn.size -= len(piece)
+        buf = buf + piece if buf else piece
+        if not scanned and buf[:1] in (b"\r", b"\n"):
+            buf = buf.lstrip(b"\r\n")  # blank lines before the status line
+        end = _HEAD_END.search(buf, max(0, scanned - 3))
+        if end is not None:
+            if end.start() > _MAX_HEAD:
+                raise TransientError("response headers too long")
+            conn.unread(buf[end.end():])
+            return _parse_head(buf[:end.start()])
+        if len(buf) > _MAX_HEAD:
+            raise TransientError("response headers too long")
+        scanned = len(buf)
 
 
 def _parse_head(head: bytes) -> tuple[int, int, list[tuple[str, str]]]:
