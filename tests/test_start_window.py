@@ -213,3 +213,66 @@ async def test_a_speculative_request_that_fails_asks_again_only_once_the_size_is
     assert got == data and cut.is_set()
     asked = [t for t, a in log.requests if a == CH]
     assert len(asked) == 2 and asked[0] < log.answered[0] <= asked[1]
+
+
+# -- found by a review: a changed object, a pool limit ------------------------------------------
+
+def ranged_reply(request: web.Request, data: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    spec = request.headers["Range"].removeprefix("bytes=")
+    first, _, last = spec.partition("-")
+    start, stop = int(first), min(int(last) + 1, len(data))
+    return web.Response(status=206, body=data[start:stop], headers={
+        "Content-Range": f"bytes {start}-{stop - 1}/{len(data)}", **(headers or {})})
+
+
+@pytest.mark.parametrize("window", ["auto", 4])
+async def test_a_version_change_behind_chunks_asked_without_if_range_is_caught(window):
+    """The object is replaced right after the probe's answer (ETag "A"); the server honours
+    If-Range but sends validators only on the probe's kind of response. The chunks asked with
+    the probe went out before any validator was known, without If-Range: their 206s (version
+    B, no validator) must be asked again with If-Range, which reveals the change. Before the
+    fix they were kept: A's first chunk spliced to B's rest, with success."""
+    size = 2 * CH + 123
+    versions = {"A": bytes(range(256)) * (size // 256) + bytes(size % 256), "B": bytes(size)}
+    state = {"now": "A"}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.headers["Range"].startswith("bytes=0-"):
+            await asyncio.sleep(HOLD)
+            reply = ranged_reply(request, versions["A"], {"ETag": '"A"'})
+            state["now"] = "B"
+            return reply
+        await asyncio.sleep(HOLD + 0.1)  # served after the replacement
+        now = state["now"]
+        if_range = request.headers.get("If-Range")
+        if if_range is not None and if_range != f'"{now}"':
+            return web.Response(body=versions[now], headers={"ETag": f'"{now}"'})  # 200: another version
+        return ranged_reply(request, versions[now])  # no validator on these
+
+    async with serve(handler) as url:
+        with pytest.raises(rangestream.ObjectChangedError):
+            await fetch(url, window=window, chunk_size=CH)
+
+
+@pytest.mark.parametrize("limit, window", [(1, "auto"), (2, 4)])
+async def test_the_probe_asking_again_is_not_held_up_by_responses_waiting_for_it(limit, window):
+    """A pool of ``limit`` connections and a probe answered 503 (Retry-After: 1) once: the
+    chunks asked with it got 206s that wait, unread, for the size, each holding a connection.
+    The probe's retry gives up on them (their ranges are planned again) instead of waiting out
+    its request timeout behind them (before: 'no response headers within the request timeout'
+    after 9 s; here the timeout is 4 s and the download takes about 1 s)."""
+    data = bytes(range(256)) * ((2 * CH + 123) // 256)
+    refused: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.headers["Range"].startswith("bytes=0-") and not refused:
+            refused.append(1)
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        return ranged_reply(request, data)
+
+    async with serve(handler) as url:
+        async with rangestream.Client(limit_per_host=limit) as client:
+            async with client.open_stream(url, window=window, chunk_size=CH, retry=Retry(attempts=2, backoff=0.2),
+                                          timeouts=rangestream.Timeouts(request=4)) as stream:
+                assert b"".join([p async for p in stream]) == data
+                assert stream.stats.retries == 1

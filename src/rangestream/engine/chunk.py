@@ -36,6 +36,11 @@ class _Expired(Exception):
         self.status = status
 
 
+class _Resend(Exception):
+    """The response cannot be told to be the pinned version: ask again, now with ``If-Range``
+    (not an attempt that failed: nothing is charged)."""
+
+
 class _NotRetried(Exception):
     def __init__(self, status: int) -> None:
         self.status = status
@@ -81,7 +86,7 @@ class Chunks:
             slot.finished = True
             slot.trace.done = time.monotonic()
             slot.wakeup.set()
-            if slot not in window.speculative:  # only the probe's end may end the wait for the size
+            if window.probe is None or slot is window.probe:  # only the probe's end may end the wait for the size
                 window.size_known.set()
             if not window.stopping and slot.error is None:
                 window.fill()  # a request slot is free: do not wait for the consumer
@@ -107,10 +112,14 @@ class Chunks:
                 # The server sent less than asked (CDNs and proxies cap responses): ask for the
                 # rest. With an unknown total only the server's word ends it (see Window.ends_at).
                 continue
+            except _Resend:
+                continue  # a speculative answer that cannot be verified: ask again, with If-Range
             except TransientError as e:
+                self._probe_asks_again(slot)
                 progressed = slot.pos - before >= self._window.chunk_size
                 attempts = await self._after(slot, attempt, attempts, e, url, progressed)
             except _Expired as e:
+                self._probe_asks_again(slot)
                 await self._source.refresh(gen, e.status, slot.trace.requests, self._window.size)
             except _NotRetried as e:
                 if attempt.began_prefetch and not self._window.is_head(slot):
@@ -120,6 +129,10 @@ class Chunks:
                     continue
                 raise Terminal(HTTPStatusError(e.status, f"HTTP {e.status} (not retried)", url=url,
                                                attempts=slot.trace.requests)) from None
+
+    def _probe_asks_again(self, slot: Slot) -> None:
+        if slot is self._window.probe and not self._window.size_known.is_set():
+            self._window.abandon_speculation()
 
     async def _after(self, slot: Slot, attempt: Attempt, attempts: ChunkAttempts, e: TransientError,
                      url: str, progressed: bool) -> ChunkAttempts:
@@ -191,6 +204,9 @@ class Chunks:
             attempt.deadline = None
         try:
             sent += await self._window.wait_known(slot)  # a speculative chunk waits for the size
+            if resp.status in (200, 206) and not self._query and \
+                    self._source.unverified(resp.headers, headers.get("If-Range")):
+                raise _Resend()  # sent before another response pinned a validator, and it shows none
             body = self._check(slot, resp, want, headers.get("If-Range"))
             slot.trace.headers = now = time.monotonic()
             self.ttfb = now - sent if self.ttfb is None else 0.8 * self.ttfb + 0.2 * (now - sent)

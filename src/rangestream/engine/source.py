@@ -41,6 +41,16 @@ class Source:
             return self.etag
         return self.last_modified or None
 
+    def unverified(self, headers: Mapping[str, str], if_range_sent: str | None) -> bool:
+        """A response to a request sent before any validator was known (no ``If-Range``) that
+        shows none of the validators pinned since: nothing says it is the same version, and
+        ``If-Range`` (which would have made the server say so) was not there to ask."""
+        pinned = self.if_range()
+        if pinned is None or if_range_sent:
+            return False
+        etag, lm = headers.get("ETag") or None, headers.get("Last-Modified") or None
+        return not ((self.etag and etag) or (self.last_modified and lm))
+
     def changed(self, headers: Mapping[str, str]) -> str | None:
         """Why a response's validators are another version's (None if they are not). Each
         validator is pinned the first time a response shows it (an edge node may send none)

@@ -31,6 +31,7 @@ class Window:
         self.size_limit = window  # requests in flight (the auto controller moves it)
         self.max_buffer = max_buffer
         self.auto_budget = auto_budget  # max_buffer follows the window
+        self.readahead_cap: int | None = None  # and stays within this (Controller._horizon)
         self.prefetch_timeout = prefetch_timeout
         self.stats = stats
         self.delivery = delivery
@@ -43,6 +44,7 @@ class Window:
         # controller sets it). Those after the probe are ``speculative`` until its answer.
         self.speculate = 1
         self.speculative: list[Slot] = []
+        self.probe: Slot | None = None  # the chunk whose answer tells the size (when unknown)
         # (bytes/s of all connections together, first-byte delay), from the controller with a
         # parallel window: chunks near the end are sized to end together (plan.tail_chunk).
         self.pace: tuple[float, float] | None = None
@@ -130,6 +132,7 @@ class Window:
                 self.speculative.append(slot)
             elif not known:
                 slot.to_end = slot.to_end or self.probe_open  # the probe was cut from an open span
+                self.probe = slot
         self.sync_head()
         self.stats.window_max = max(self.stats.window_max, self.size_limit)
         self.stats.connections_max = max(self.stats.connections_max, self.active)
@@ -150,9 +153,23 @@ class Window:
             return
         self.size_limit = size
         if self.auto_budget:
-            self.max_buffer = (size - 1) * self.chunk_size
+            self.max_buffer = self._auto_budget()
             self.notify()  # readers waiting on the budget may proceed
         self.fill()
+
+    def _auto_budget(self) -> int:
+        budget = (self.size_limit - 1) * self.chunk_size
+        return budget if self.readahead_cap is None else min(budget, self.readahead_cap)
+
+    def cap_readahead(self, cap: int) -> None:
+        """The auto read-ahead holds at most ``cap`` bytes (the controller's horizon of what the
+        in-order consumer takes), whatever the window."""
+        if not self.auto_budget or cap == self.readahead_cap:
+            return
+        self.readahead_cap = cap
+        before, self.max_buffer = self.max_buffer, self._auto_budget()
+        if self.max_buffer > before:
+            self.notify()
 
     # -- what responses teach ---------------------------------------------------
 
@@ -204,6 +221,20 @@ class Window:
         slot.trace.stop = slot.range.stop
         self.size_known.set()
         self.fill()
+
+    def abandon_speculation(self) -> None:
+        """The probe must ask again before the size is known (a retry, a refreshed URL): the
+        chunks asked with it go, with their parked responses and the connections those hold
+        (a pool's limit would otherwise keep the probe's retry waiting behind responses that
+        wait for it), and give their ranges back to the open span they were cut from."""
+        speculative, self.speculative = self.speculative, []
+        self.speculate = 1
+        if not speculative:
+            return
+        for s in speculative:
+            self._drop(s)
+        if self.spans and self.spans[0].stop is None:
+            self.spans[0] = ByteRange(min(s.range.start for s in speculative), None)
 
     def _drop(self, slot: Slot) -> None:
         """A speculative chunk past the end (or not needed): its request dies with its task."""
