@@ -21,6 +21,14 @@ TICK = 0.05
 # for bytes takes each piece as it comes; a momentary lag leaves at most about one piece),
 # or half a chunk when chunks are smaller (``_ready``).
 BACKLOG = 1 << 20
+# The in-order read-ahead holds at most what the consumer takes in this many seconds (never
+# less than two chunks): bytes read further ahead only wait. A consumer slower than the link
+# cannot always be told from a slow head: with the link shared by many connections the head
+# reads at about the consumer's pace, never leaves a backlog, and the chunks after it filled
+# the whole auto budget (measured: 55 MB held for an 8 MB/s reader, 66.5 MB allowed).
+HORIZON = 2.0
+# ...judged from the consumer's rate once it has taken bytes for this long.
+HORIZON_AFTER = 0.3
 # Chunks asked at once while the size is unknown (a parallel window): the probe and the next
 # ones, so that a long first-byte delay is paid once, not twice (see Window.speculate).
 SPECULATE = 4
@@ -44,6 +52,7 @@ class Controller:
             window.speculate = min(window.size_limit, SPECULATE)
         self._started = False  # the auto window's start was chosen (from the first response)
         self._held_since: tuple[float, int] | None = None  # (time, bytes delivered) the consumer became the limit
+        self._first_delivery: float | None = None  # when the consumer first took bytes
 
     async def run(self) -> None:
         try:
@@ -77,6 +86,7 @@ class Controller:
             w.pace = self._pace(now, ttfb)
             w.fill()
             if self._auto is not None:
+                self._horizon(now)
                 held = self._consumer_bound(now)
                 if held is not None:
                     w.resize(held)  # never grows while the consumer is the limit
@@ -84,6 +94,18 @@ class Controller:
                     reading = sum(1 for s in w.order if s.reading_since is not None and not s.finished)
                     w.resize(self._auto.observe(now, rate, reading))
             self._maybe_split(now)
+
+    def _horizon(self, now: float) -> None:
+        """Keep the auto read-ahead of an in-order consumer within ``HORIZON`` seconds of its
+        rate so far (see HORIZON)."""
+        w = self._window
+        if not w.delivery.head_blocks or not w.delivered:
+            return
+        if self._first_delivery is None:
+            self._first_delivery = now
+        elapsed = now - self._first_delivery
+        if elapsed >= HORIZON_AFTER:
+            w.cap_readahead(max(2 * w.chunk_size, int(w.delivered / elapsed * HORIZON)))
 
     def _pace(self, now: float, ttfb: float) -> tuple[float, float] | None:
         """What sizes the chunks near the end (``Window.pace``): the connections' rate together
