@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from ..plan import MIN_SPLIT, AutoWindow, ByteRange
 from .chunk import Chunks
@@ -52,7 +53,7 @@ class Controller:
             window.speculate = min(window.size_limit, SPECULATE)
         self._started = False  # the auto window's start was chosen (from the first response)
         self._held_since: tuple[float, int] | None = None  # (time, bytes delivered) the consumer became the limit
-        self._first_delivery: float | None = None  # when the consumer first took bytes
+        self._taken: deque[tuple[float, int]] = deque()  # (time, bytes delivered) over the last HORIZON s
 
     async def run(self) -> None:
         try:
@@ -97,15 +98,18 @@ class Controller:
 
     def _horizon(self, now: float) -> None:
         """Keep the auto read-ahead of an in-order consumer within ``HORIZON`` seconds of its
-        rate so far (see HORIZON)."""
-        w = self._window
+        recent rate (over the last ``HORIZON`` seconds, so a consumer that was slow and no
+        longer is gets its read-ahead back within that time; see HORIZON)."""
+        w, taken = self._window, self._taken
         if not w.delivery.head_blocks or not w.delivered:
             return
-        if self._first_delivery is None:
-            self._first_delivery = now
-        elapsed = now - self._first_delivery
-        if elapsed >= HORIZON_AFTER:
-            w.cap_readahead(max(2 * w.chunk_size, int(w.delivered / elapsed * HORIZON)))
+        taken.append((now, w.delivered))
+        while len(taken) > 2 and now - taken[1][0] >= HORIZON:
+            taken.popleft()
+        since, delivered = taken[0]
+        if now - since >= HORIZON_AFTER:
+            rate = (w.delivered - delivered) / (now - since)
+            w.cap_readahead(max(2 * w.chunk_size, int(rate * HORIZON)))
 
     def _pace(self, now: float, ttfb: float) -> tuple[float, float] | None:
         """What sizes the chunks near the end (``Window.pace``): the connections' rate together
