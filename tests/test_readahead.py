@@ -1,41 +1,36 @@
-"""The auto read-ahead of an in-order consumer stays within a horizon of its rate.
+"""The auto read-ahead of an in-order consumer and its horizon (``Controller._horizon``).
 
-A consumer that takes bytes exactly as fast as the head chunk arrives never leaves a backlog,
-so nothing tells it from a slow server; the chunks after the head then filled the whole auto
-budget ((window - 1) chunks) for a consumer that would need seconds to reach them. The budget
-now holds at most ``control.HORIZON`` seconds of the consumer's rate (never under two chunks).
+A consumer slower than the link does not always leave a backlog to show it (with the link
+shared by the window's connections the head reads at about its pace), so the auto read-ahead
+also stays within ``HORIZON`` seconds of what the consumer took: ``get -o -`` into an 8 MB/s
+reader peaked at 101-117 MB RSS without it and 76 MB with it (``benchmarks/slow_reader.py``,
+three runs each). A consumer that spends nearly all its time waiting for bytes is not the
+limit, however slowly they come: capping it would idle the connections behind a slow head
+(a review measured 40 % lost with 2 MB/s per connection). This test keeps that case uncapped.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import rangestream
-from rangestream.engine.control import HORIZON
+from rangestream.engine.control import WAITING
 from rangestream.testing.origin import Origin, Profile
 
 MiB = 1 << 20
-RATE = 4e6  # bytes/s, both the consumer's and each connection's: the head never gets ahead
-HEAD_QUEUE = 2 * MiB  # the head's own queue, outside the read-ahead budget (delivery.HEAD_QUEUE)
 
 
-async def test_read_ahead_stays_within_the_consumers_horizon():
+async def test_a_consumer_that_always_waits_keeps_its_read_ahead():
     chunk = 2 * MiB
-    async with Origin(Profile(rate=RATE, ttfb=0.02)) as origin:
-        began, n = time.monotonic(), 0
-        async with rangestream.open_stream(origin.url(48 * MiB, "h"), window="auto", ceiling=12,
+    # 2 MB/s per connection, no link cap: a chunk takes a second on one connection, and more
+    # connections keep paying, so the window grows and its read-ahead with it.
+    async with Origin(Profile(rate=2e6, ttfb=0.02)) as origin:
+        async with rangestream.open_stream(origin.url(12 * chunk, "w"), window="auto", ceiling=8,
                                            chunk_size=chunk) as stream:
-            async for piece in stream:
+            n = 0
+            async for piece in stream:  # takes every byte at once: it only ever waits
                 n += len(piece)
-                ahead = n / RATE - (time.monotonic() - began)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-                if time.monotonic() - began > 3:  # the budget (11 chunks, 23 MB) fills within 2 s
-                    break
-    # More connections paid (the link has no cap): the window grew, and with it the budget it
-    # would allow without the horizon.
-    assert stream.stats.window_max >= 8
-    # Two seconds of the consumer (8 MB), the head's queue, and a few pieces in flight; before
-    # the horizon the peak was 23.6 MB.
-    assert stream.stats.buffered_peak <= HORIZON * RATE + HEAD_QUEUE + 6 * MiB, stream.stats.buffered_peak
+            window = stream._window
+            assert window.consumer_waited > WAITING * 0.5  # it did wait, most of the time
+            assert window.readahead_cap is None, window.readahead_cap
+            assert window.max_buffer == (window.size_limit - 1) * chunk
+    assert n == 12 * chunk
+    assert stream.stats.window_max >= 4

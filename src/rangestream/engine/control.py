@@ -28,8 +28,10 @@ BACKLOG = 1 << 20
 # reads at about the consumer's pace, never leaves a backlog, and the chunks after it filled
 # the whole auto budget (measured: 55 MB held for an 8 MB/s reader, 66.5 MB allowed).
 HORIZON = 2.0
-# ...judged from the consumer's rate once it has taken bytes for this long.
+# ...judged from the consumer's rate once it has taken bytes for this long; a consumer that
+# waited for bytes this share of the time is not the limit (never capped).
 HORIZON_AFTER = 0.3
+WAITING = 0.9
 # Chunks asked at once while the size is unknown (a parallel window): the probe and the next
 # ones, so that a long first-byte delay is paid once, not twice (see Window.speculate).
 SPECULATE = 4
@@ -53,7 +55,7 @@ class Controller:
             window.speculate = min(window.size_limit, SPECULATE)
         self._started = False  # the auto window's start was chosen (from the first response)
         self._held_since: tuple[float, int] | None = None  # (time, bytes delivered) the consumer became the limit
-        self._taken: deque[tuple[float, int]] = deque()  # (time, bytes delivered) over the last HORIZON s
+        self._taken: deque[tuple[float, int, float]] = deque()  # (time, delivered, consumer waited) over HORIZON s
 
     async def run(self) -> None:
         try:
@@ -99,17 +101,25 @@ class Controller:
     def _horizon(self, now: float) -> None:
         """Keep the auto read-ahead of an in-order consumer within ``HORIZON`` seconds of its
         recent rate (over the last ``HORIZON`` seconds, so a consumer that was slow and no
-        longer is gets its read-ahead back within that time; see HORIZON)."""
+        longer is gets its read-ahead back within that time), unless it spent nearly all that
+        time waiting for bytes: then it is not the limit, and the read-ahead is what lets the
+        other connections work while a slow head holds it up (see HORIZON)."""
         w, taken = self._window, self._taken
         if not w.delivery.head_blocks or not w.delivered:
             return
-        taken.append((now, w.delivered))
+        waiting = w.consumer_waiting_since
+        waited = w.consumer_waited + (now - waiting if waiting is not None else 0.0)
+        taken.append((now, w.delivered, waited))
         while len(taken) > 2 and now - taken[1][0] >= HORIZON:
             taken.popleft()
-        since, delivered = taken[0]
-        if now - since >= HORIZON_AFTER:
-            rate = (w.delivered - delivered) / (now - since)
-            w.cap_readahead(max(2 * w.chunk_size, int(rate * HORIZON)))
+        since, delivered, waited_then = taken[0]
+        span = now - since
+        if span < HORIZON_AFTER:
+            return
+        if waited - waited_then >= WAITING * span:
+            w.cap_readahead(None)
+        else:
+            w.cap_readahead(max(2 * w.chunk_size, int((w.delivered - delivered) / span * HORIZON)))
 
     def _pace(self, now: float, ttfb: float) -> tuple[float, float] | None:
         """What sizes the chunks near the end (``Window.pace``): the connections' rate together

@@ -22,6 +22,8 @@ class Window(Protocol):
     buffered: int
     max_buffer: int
     stats: Stats
+    consumer_waited: float
+    consumer_waiting_since: float | None
 
     def take(self, slot: Slot) -> bytes: ...
     def fail(self, slot: Slot) -> None: ...
@@ -62,7 +64,12 @@ class InOrder:
                         break
                     else:
                         slot.wakeup.clear()
-                        await slot.wakeup.wait()
+                        window.consumer_waiting_since = time.monotonic()  # the read-ahead horizon's clock
+                        try:
+                            await slot.wakeup.wait()
+                        finally:
+                            window.consumer_waited += time.monotonic() - window.consumer_waiting_since
+                            window.consumer_waiting_since = None
                 if slot.error is not None:
                     window.fail(slot)
                 window.retire(slot)

@@ -32,6 +32,9 @@ class Window:
         self.max_buffer = max_buffer
         self.auto_budget = auto_budget  # max_buffer follows the window
         self.readahead_cap: int | None = None  # and stays within this (Controller._horizon)
+        # Seconds the in-order consumer spent waiting for bytes, and since when it waits now.
+        self.consumer_waited = 0.0
+        self.consumer_waiting_since: float | None = None
         self.prefetch_timeout = prefetch_timeout
         self.stats = stats
         self.delivery = delivery
@@ -161,9 +164,9 @@ class Window:
         budget = (self.size_limit - 1) * self.chunk_size
         return budget if self.readahead_cap is None else min(budget, self.readahead_cap)
 
-    def cap_readahead(self, cap: int) -> None:
+    def cap_readahead(self, cap: int | None) -> None:
         """The auto read-ahead holds at most ``cap`` bytes (the controller's horizon of what the
-        in-order consumer takes), whatever the window."""
+        in-order consumer takes; None: no cap), whatever the window."""
         if not self.auto_budget or cap == self.readahead_cap:
             return
         self.readahead_cap = cap
