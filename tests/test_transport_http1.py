@@ -62,6 +62,17 @@ def head_206(start: int, stop: int, extra: str = "", length: bool = True) -> byt
     return ("\r\n".join(lines) + extra + "\r\n\r\n").encode()
 
 
+async def plain_206(reader, writer, start: int, stop: int) -> bool:
+    writer.write(head_206(start, stop) + DATA[start:stop])
+    await writer.drain()
+    return True
+
+
+async def plain_206_then_close(reader, writer, start: int, stop: int) -> bool:
+    await plain_206(reader, writer, start, stop)
+    return False  # without saying Connection: close
+
+
 async def fetch(url: str, **options: object) -> bytes:
     opts = {"chunk_size": 256 << 10, "window": 2, "retry": FAST_RETRY, **options}
     async with rangestream.open_stream(url, **opts) as stream:  # type: ignore[arg-type]
@@ -98,12 +109,7 @@ async def test_chunked_206_with_extensions_and_trailers_is_decoded() -> None:
 
 
 async def test_kept_alive_connections_are_reused() -> None:
-    async def reply(reader, writer, start, stop):
-        writer.write(head_206(start, stop) + DATA[start:stop])
-        await writer.drain()
-        return True
-
-    async with raw_server(reply) as (url, counts):
+    async with raw_server(plain_206) as (url, counts):
         assert await fetch(url, chunk_size=64 << 10) == DATA
     assert counts["requests"] == 16
     assert counts["connections"] <= 3, counts
@@ -113,12 +119,7 @@ async def test_a_connection_closed_while_idle_is_replaced_without_a_retry() -> N
     """A server that answers once per connection without saying ``Connection: close`` (as
     servers whose keep-alive timer fires between requests): each next request finds its
     kept-alive connection closed and goes again on a new one, not charged as a retry."""
-    async def reply(reader, writer, start, stop):
-        writer.write(head_206(start, stop) + DATA[start:stop])
-        await writer.drain()
-        return False
-
-    async with raw_server(reply) as (url, counts):
+    async with raw_server(plain_206_then_close) as (url, counts):
         async with rangestream.open_stream(url, chunk_size=128 << 10, window=1,
                                            retry=rangestream.Retry(attempts=0)) as stream:
             assert b"".join([p async for p in stream]) == DATA
@@ -221,14 +222,9 @@ def test_a_direct_download_through_the_cli_never_imports_aiohttp(tmp_path) -> No
 
 
 async def test_http1_transport_closes_every_connection_on_aclose() -> None:
-    async def reply(reader, writer, start, stop):
-        writer.write(head_206(start, stop) + DATA[start:stop])
-        await writer.drain()
-        return True
-
     from rangestream.transports import Http1Transport
 
-    async with raw_server(reply) as (url, _):
+    async with raw_server(plain_206) as (url, _):
         transport = Http1Transport()
         resp = await transport.request("GET", url, {"Range": "bytes=0-99"}, connect_timeout=5, idle_timeout=5)
         assert resp.status == 206 and await resp.read_piece() == DATA[:100]
@@ -240,11 +236,6 @@ async def test_http1_transport_closes_every_connection_on_aclose() -> None:
 async def test_a_host_name_is_looked_up_once_for_a_window_of_connections(monkeypatch) -> None:
     """``localhost`` for eight connections in a row: one name lookup, the answer kept for the
     others (aiohttp's connector kept lookups too; a window opens several connections at once)."""
-    async def reply(reader, writer, start, stop):
-        writer.write(head_206(start, stop) + DATA[start:stop])
-        await writer.drain()
-        return False  # a new connection per request
-
     loop = asyncio.get_running_loop()
     lookups: list[str] = []
     real = loop.getaddrinfo
@@ -254,7 +245,7 @@ async def test_a_host_name_is_looked_up_once_for_a_window_of_connections(monkeyp
         return await real(host, *args, **kwargs)
 
     monkeypatch.setattr(loop, "getaddrinfo", counted)
-    async with raw_server(reply) as (url, counts):
+    async with raw_server(plain_206_then_close) as (url, counts):  # a new connection per request
         assert await fetch(url.replace("127.0.0.1", "localhost"), chunk_size=128 << 10, window=1) == DATA
     assert counts["connections"] == 8
     assert lookups == ["localhost"]
@@ -345,12 +336,7 @@ async def test_a_cookie_set_by_a_redirect_goes_with_the_next_request() -> None:
 
 
 async def test_non_ascii_header_values_go_as_utf8() -> None:
-    async def reply(reader, writer, start, stop):
-        writer.write(head_206(start, stop) + DATA[start:stop])
-        await writer.drain()
-        return True
-
-    async with raw_server(reply) as (url, counts):
+    async with raw_server(plain_206) as (url, counts):
         assert await fetch(url, headers={"X-Name": "Zoë €"}) == DATA
     assert "X-Name: Zoë €".encode() in counts["heads"][0]
 
