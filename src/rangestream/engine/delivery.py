@@ -64,11 +64,11 @@ class InOrder:
                         break
                     else:
                         slot.wakeup.clear()
-                        window.consumer_waiting_since = time.monotonic()  # the read-ahead horizon's clock
+                        since = window.consumer_waiting_since = time.monotonic()  # the read-ahead horizon's clock
                         try:
                             await slot.wakeup.wait()
                         finally:
-                            window.consumer_waited += time.monotonic() - window.consumer_waiting_since
+                            window.consumer_waited += time.monotonic() - since
                             window.consumer_waiting_since = None
                 if slot.error is not None:
                     window.fail(slot)
