@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import resource
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +62,93 @@ def origin_process(profile: str, tls: bool = False):
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  keepalive_requests 100000;
+  server {{
+    listen 127.0.0.1:{port}{ssl};
+    {tls}
+    root {d}/www;
+  }}
+}}
+"""
+
+
+@contextmanager
+def nginx_origin(name: str, size: int, tls: bool = False):
+    """nginx serving generated object ``name`` of ``size`` bytes at ``/data/NAME/SIZE.bin``
+    (unthrottled, as a CDN's edge: C and OpenSSL, not the emulated origin's Python), with TLS 1.3
+    and a certificate from a CA made here (trustme) when ``tls``. One worker: the client keeps a
+    core of its own, as with the emulated origin. Yields an :class:`OriginURL`."""
+    exe = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    if exe is None:
+        raise RuntimeError("nginx not found: install it with `apt-get install -y nginx`")
+    d = tempfile.mkdtemp(prefix="rangestream-nginx-", dir="/tmp")
+    os.chmod(d, 0o755)  # nginx's worker runs as another user (www-data) when started as root
+    try:
+        path = os.path.join(d, "www", "data", name, f"{size}.bin")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as f:
+            for a in range(0, size, 8 << 20):
+                f.write(object_bytes(name, size, 0, a, min(a + (8 << 20), size)))
+        os.sync()  # the object's writeback must not land in the first row's time
+        base, tls_conf = _nginx_tls(d) if tls else (None, "")
+        port = _free_port()
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(NGINX_CONF.format(d=d, port=port, ssl=" ssl" if tls else "", tls=tls_conf))
+        proc = subprocess.Popen([exe, "-c", os.path.join(d, "nginx.conf"), "-p", d],
+                                stderr=subprocess.DEVNULL)
+        try:
+            _wait_listening(port, proc)
+            url = OriginURL(f"{'https' if tls else 'http'}://127.0.0.1:{port}")
+            url.ca = base
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _nginx_tls(d: str) -> tuple[str, str]:
+    import trustme  # a benchmark dependency, as for the emulated origin's --tls
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(os.path.join(d, "server.pem"))
+    ca_path = os.path.join(d, "ca.pem")
+    ca.cert_pem.write_to_path(ca_path)
+    pem = os.path.join(d, "server.pem")
+    return ca_path, f"ssl_certificate {pem}; ssl_certificate_key {pem}; ssl_protocols TLSv1.3;"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded: nginx starts in milliseconds
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with status {proc.returncode} (see its error.log)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nginx did not listen on port {port} within {seconds:.0f} s")
 
 
 @dataclass

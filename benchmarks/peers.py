@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/peers.py [--profiles youtube,lossy,fast] [--size 200M] [--big 1G]
                                          [--timeout 90] [--tools curl,wget2,hf_transfer,...]
+                                         [--https] [--origin emulated|nginx]
 
 For each origin profile (an emulated CDN in its own process, loopback only) every
 client fetches the same generated object from the plain ``/data/NAME/SIZE.bin`` URL
-and its sha256 is checked against the expected digest. The clients are the rows of
+and its sha256 is checked against the expected digest. With ``--origin nginx`` (profile
+``fast`` only) nginx serves the same object from a file instead: a server in C and OpenSSL, as
+a CDN's edge is, so that over ``--https`` the clients' own TLS cost sets the pace rather than
+the emulated origin's Python encryption on the core they share. The clients are the rows of
 ``TOOLS`` below; each is one of three kinds:
 
 - ``stdout``: the tool writes the object to its stdout, hashed here (curl, yt-dlp,
@@ -55,6 +59,7 @@ from _common import (
     Result,
     expected_sha256,
     measured,
+    nginx_origin,
     origin_process,
     run_command,
     run_file_command,
@@ -263,14 +268,14 @@ def run_rangestream_child(label: str, url: str, size: int, sha: str, window: int
 # --- one profile ------------------------------------------------------------------------------
 
 def bench_profile(profile: str, size: int, timeout: float, picks: list[str] | None,
-                  https: bool = False) -> list[Row]:
+                  https: bool = False, nginx: bool = False) -> list[Row]:
     prof = PROFILES[profile]
     name = f"peers-{profile}"
-    print(f"\n[{profile}{' over HTTPS' if https else ''}] hashing the expected object ({size / 1e6:.0f} MB)...",
-          flush=True)
+    where = (" over HTTPS" if https else "") + (" from nginx" if nginx else "")
+    print(f"\n[{profile}{where}] hashing the expected object ({size / 1e6:.0f} MB)...", flush=True)
     sha = expected_sha256(name, size)
     rows: list[Row] = []
-    with origin_process(profile, tls=https) as base:
+    with (nginx_origin(name, size, tls=https) if nginx else origin_process(profile, tls=https)) as base:
         url = f"{base}/data/{name}/{size}.bin"
         for tool in TOOLS:
             if not selected(tool, picks):
@@ -396,6 +401,11 @@ def main() -> None:
                     help="the origin serves HTTPS (TLS 1.3, a CA made at start-up) and each tool is told to "
                          "trust that CA (curl --cacert, wget2/aria2c --ca-certificate, rangestream --cacert, "
                          "SSL_CERT_FILE for the Python libraries); tools that cannot trust a CA are skipped")
+    ap.add_argument("--origin", choices=("emulated", "nginx"), default="emulated",
+                    help="who serves the object: the emulated CDN (default), or nginx (from PATH; "
+                         "`apt-get install -y nginx`) serving it as a file, unthrottled: profile fast only. "
+                         "nginx encrypts in C, so over --https the client, not a Python origin sharing "
+                         "its two cores, sets the pace")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -405,6 +415,8 @@ def main() -> None:
     for p in profiles:
         if p not in PROFILES:
             ap.error(f"unknown profile {p!r} (choose from {', '.join(sorted(PROFILES))})")
+    if args.origin == "nginx" and profiles != ["fast"]:
+        ap.error("--origin nginx serves the unthrottled profile only: use --profiles fast")
     picks = None if not args.tools else [t.strip() for t in args.tools.split(",") if t.strip()]
     for p in picks or []:
         if not any(selected(t, [p]) for t in TOOLS):
@@ -414,7 +426,8 @@ def main() -> None:
     for p in profiles:
         prof = PROFILES[p]
         size = parse_size(args.big if prof.link_rate is None and prof.rate is None else args.size)
-        results[p] = (prof, size, bench_profile(p, size, args.timeout, picks, args.https))
+        results[p] = (prof, size, bench_profile(p, size, args.timeout, picks, args.https,
+                                                  args.origin == "nginx"))
     verdicts(results, args.https)
 
 
