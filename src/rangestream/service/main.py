@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -88,6 +89,24 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0 picks a free one), not {value}")
+    return value
+
+
+def _secret(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text:  # an empty secret would let anyone in, or sign anything
+            raise argparse.ArgumentTypeError(f"an empty {what} would let anyone in")
+        return text
+    return parse
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -104,10 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve /stream?url= (a proxied object, Range-capable for players), "
                     "/mux?video=&audio=&format= (muxed on the fly), /healthz and /metrics over HTTP.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    p.add_argument("--token", default=os.environ.get("RANGESTREAM_TOKEN") or None,
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--token", type=_secret("token"), default=os.environ.get("RANGESTREAM_TOKEN") or None,
                    help="require 'Authorization: Bearer TOKEN' or ?token=TOKEN (default $RANGESTREAM_TOKEN)")
-    p.add_argument("--signing-key", default=os.environ.get("RANGESTREAM_SIGNING_KEY") or None, metavar="KEY",
+    p.add_argument("--signing-key", type=_secret("signing key"), metavar="KEY",
+                   default=os.environ.get("RANGESTREAM_SIGNING_KEY") or None,
                    help="/stream, /mux and /watch need a link signed with KEY (rangestream sign) or the "
                         "token (default $RANGESTREAM_SIGNING_KEY)")
     p.add_argument("--allow-private", action="store_true",

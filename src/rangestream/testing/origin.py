@@ -856,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve HTTPS with a certificate from a CA made at start-up; its PEM file is "
                              "printed as 'ca-cert PATH' (for --cacert)")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port: a port is 0..65535 (0 picks a free one), not {args.port}")
     try:
         origin = Origin(PROFILES[args.profile], host=args.host, port=args.port,
                         allow_remote=args.allow_remote, tls=args.tls)
