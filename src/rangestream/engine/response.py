@@ -99,10 +99,15 @@ def check_status(status: int, headers: Headers, want: ByteRange, known: Known, r
 
 
 def _unsatisfiable(headers: Headers, want: ByteRange, known: Known, now: float) -> Verdict:
-    """A 416 for ``want``: the end of the object, its size, a confused answer, or a change."""
+    """A 416 for ``want``: the end of the object, its size, a range past the known end (nothing to
+    read), a confused answer, or a change."""
     named = unsatisfied_total(headers.get("Content-Range"))
     if named is not None and known.size is not None and named != known.size:
         return _changed(f"HTTP 416 names a total of {named} bytes, not the size {known.size}", 416, named)
+    if named is not None and named == known.size and want.start >= named:
+        # Asked before another response told the total: the server agrees the range lies past
+        # the end, so the chunk is simply not needed (the window already ends it there).
+        return Body(want.start, want.start)
     if named is not None and named > want.start:
         # The server's own total says the byte exists: a confused answer, not the end of the object.
         return Retryable(f"HTTP 416 for byte {want.start} of an object the server says has {named} bytes",
