@@ -276,3 +276,39 @@ async def test_the_probe_asking_again_is_not_held_up_by_responses_waiting_for_it
                                           timeouts=rangestream.Timeouts(request=4)) as stream:
                 assert b"".join([p async for p in stream]) == data
                 assert stream.stats.retries == 1
+
+
+@pytest.mark.parametrize("limit, window", [(1, "auto"), (2, 4)])
+async def test_a_redirected_probe_is_not_held_up_by_responses_waiting_for_it(limit, window):
+    """A pool of ``limit`` connections and only the probe's request redirected (302 to another
+    path on the same host): its next hop queued for a connection behind the chunks asked with
+    it, whose 206s then waited, unread, for the probe's answer, holding every connection. Those
+    responses give way once the probe is late by far (before: the probe waited out its request
+    timeout, 5 s here, and was retried; now the download takes about a quarter of a second)."""
+    data = payload(3 * CH + 123)
+    hops: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        hops.append(request.path)
+        if request.path == "/x" and request.headers["Range"].startswith("bytes=0-") and "/y" not in hops:
+            raise web.HTTPFound("/y")
+        return ranged_reply(request, data)
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    app.router.add_get("/y", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/x"
+    try:
+        began = time.monotonic()
+        async with rangestream.Client(limit_per_host=limit) as client:
+            async with client.open_stream(url, window=window, chunk_size=CH, retry=FAST_RETRY,
+                                          timeouts=rangestream.Timeouts(request=5)) as stream:
+                got = b"".join([p async for p in stream])
+        took = time.monotonic() - began
+    finally:
+        await runner.cleanup()
+    assert got == data and "/y" in hops
+    assert stream.stats.retries == 0 and took < 2.5, f"{took:.2f} s, {stream.stats.retries} retries"

@@ -203,7 +203,8 @@ class Chunks:
         finally:
             attempt.deadline = None
         try:
-            sent += await self._window.wait_known(slot)  # a speculative chunk waits for the size
+            # A speculative chunk's response waits for the size (or gives way to a late probe).
+            sent += await self._window.wait_known(slot, parked_after=time.monotonic() - sent)
             if resp.status in (200, 206) and not self._query and \
                     self._source.unverified(resp.headers, headers.get("If-Range")):
                 raise _Resend()  # sent before another response pinned a validator, and it shows none

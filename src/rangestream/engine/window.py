@@ -16,6 +16,11 @@ from .response import Body, Learned
 from .slot import Slot, Terminal
 from .stats import Stats
 
+# Seconds a probe may answer later than twice the first-byte delay of a speculative response
+# that waits for it, before those responses give way (see wait_known): well above the jitter
+# of a busy machine, well below any request timeout.
+GIVE_WAY = 0.25
+
 
 class Window:
     def __init__(self, spans: deque[ByteRange], *, size: int | None, chunk_size: int, window: int,
@@ -246,16 +251,27 @@ class Window:
         if slot.task is not None:
             slot.task.cancel()
 
-    async def wait_known(self, slot: Slot) -> float:
+    async def wait_known(self, slot: Slot, parked_after: float | None = None) -> float:
         """A speculative chunk's response waits, unread, for the probe's answer: only the size
         says whether its range exists (one wholly past the end is dropped, never judged, so its
         416 is no error) and whether the server honours Range (if not, the probe's response
         carries the object and this one is dropped). Returns the seconds waited here, which
-        are not the server's first-byte delay."""
+        are not the server's first-byte delay.
+
+        ``parked_after``: the first-byte delay of the response now waiting here, holding a
+        connection. The probe, asked at the same time, answers about as fast; if it has not
+        within twice that delay and ``GIVE_WAY``, it may be waiting for a connection that the
+        parked responses hold (a per-host limit, with the next hop of a redirect queued behind
+        them): every early chunk gives way rather than leave the probe to its request timeout."""
         if slot not in self.speculative:
             return 0.0
         since = time.monotonic()
-        await self.size_known.wait()
+        try:
+            async with asyncio.timeout(None if parked_after is None else parked_after + GIVE_WAY):
+                await self.size_known.wait()
+        except TimeoutError:
+            self.abandon_speculation()  # this chunk goes too: its task is cancelled
+            raise asyncio.CancelledError from None
         if slot in self.speculative:  # the probe ended without an answer: the stream fails with its error
             raise Terminal(StreamError("the first request failed before the size was known"))
         return time.monotonic() - since
