@@ -282,16 +282,19 @@ async def test_the_probe_asking_again_is_not_held_up_by_responses_waiting_for_it
 async def test_a_redirected_probe_is_not_held_up_by_responses_waiting_for_it(limit, window):
     """A pool of ``limit`` connections and only the probe's request redirected (302 to another
     path on the same host): its next hop queued for a connection behind the chunks asked with
-    it, whose 206s then waited, unread, for the probe's answer, holding every connection. Those
-    responses give way once the probe is late by far (before: the probe waited out its request
-    timeout, 5 s here, and was retried; now the download takes about a quarter of a second)."""
+    it, whose 206s then waited, unread, for the probe's answer, holding every connection (the
+    probe waited out its request timeout, 5 s here, and was retried). A stream asks fewer early
+    chunks than the pool has connections, so the hop finds one free at once: no range is
+    asked twice (which the give-way of a late probe, the fallback, would have cost)."""
     data = payload(3 * CH + 123)
     hops: list[str] = []
+    ranges: list[str] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
         hops.append(request.path)
         if request.path == "/x" and request.headers["Range"].startswith("bytes=0-") and "/y" not in hops:
             raise web.HTTPFound("/y")
+        ranges.append(request.headers["Range"])  # each range answered
         return ranged_reply(request, data)
 
     app = web.Application()
@@ -312,3 +315,44 @@ async def test_a_redirected_probe_is_not_held_up_by_responses_waiting_for_it(lim
         await runner.cleanup()
     assert got == data and "/y" in hops
     assert stream.stats.retries == 0 and took < 2.5, f"{took:.2f} s, {stream.stats.retries} retries"
+    starts = [r.removeprefix("bytes=").partition("-")[0] for r in ranges]
+    assert len(starts) == len(set(starts)), ranges
+
+
+async def test_streams_sharing_a_capped_pool_give_way_to_each_others_probes():
+    """Two streams of one Client (two connections per host), each probe redirected: one
+    stream's early chunk can take the connection the other's probe hop needs, and both
+    early chunks then wait, unread, for probes that wait for them. The parked responses give
+    way (their ranges are asked again) instead of the probes waiting out their request
+    timeout (5 s here) and being retried. Each answer comes after a CDN's first-byte delay,
+    so every early chunk is queued for a connection before the redirects free one."""
+    data = payload(3 * CH + 123)
+    moved: set[str] = set()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.15)  # the modelled first-byte delay (as the youtube profile's)
+        name = request.match_info["name"]
+        if not name.endswith("2") and request.headers["Range"].startswith("bytes=0-") and name not in moved:
+            moved.add(name)
+            raise web.HTTPFound(f"/{name}2")
+        return ranged_reply(request, data)
+
+    app = web.Application()
+    app.router.add_get("/{name}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        began = time.monotonic()
+        async with rangestream.Client(limit_per_host=2) as client:
+            async def one(name: str) -> tuple[bytes, int]:
+                async with client.open_stream(f"{base}/{name}", window=4, chunk_size=CH, retry=FAST_RETRY,
+                                              timeouts=rangestream.Timeouts(request=5)) as stream:
+                    return b"".join([p async for p in stream]), stream.stats.retries
+            results = await asyncio.gather(one("a"), one("b"))
+        took = time.monotonic() - began
+    finally:
+        await runner.cleanup()
+    assert results == [(data, 0), (data, 0)], [r for _, r in results]
+    assert took < 4.0, f"{took:.2f} s"

@@ -42,7 +42,8 @@ LONE_STALL = 2.0
 
 
 class Controller:
-    def __init__(self, window: Window, chunks: Chunks, stats: Stats, auto: AutoWindow | None) -> None:
+    def __init__(self, window: Window, chunks: Chunks, stats: Stats, auto: AutoWindow | None, *,
+                 connections: int | None = None) -> None:
         self._window = window
         self._chunks = chunks
         self._stats = stats
@@ -53,6 +54,11 @@ class Controller:
             window.speculate = auto.open_at_once(SPECULATE)
         elif self._parallel:
             window.speculate = min(window.size_limit, SPECULATE)
+        if connections is not None:
+            # The probe and its early chunks take a connection each, and the early chunks keep
+            # theirs, parked, until the probe answers: when that first answer is a redirect,
+            # the connection it frees is the one its next hop takes.
+            window.speculate = max(1, min(window.speculate, connections))
         self._started = False  # the auto window's start was chosen (from the first response)
         self._held_since: tuple[float, int] | None = None  # (time, bytes delivered) the consumer became the limit
         self._taken: deque[tuple[float, int, float]] = deque()  # (time, delivered, consumer waited) over HORIZON s

@@ -48,6 +48,7 @@ from ..plan import DEFAULT_CHUNK_SIZE, AutoWindow, ByteRange, size_from_url
 from ..redact import redact_url
 from ..retry import Retry, Timeouts
 from ..transports import Transport
+from ..transports.base import connection_budget
 from .chunk import Chunks
 from .control import Controller
 from .delivery import InOrder, Unordered
@@ -121,7 +122,8 @@ class Stream:
                               prefetch_timeout=timeouts.prefetch, stats=self.stats, delivery=self._ordered)
         self._chunks = Chunks(self._window, self._source, transport, headers or {}, range_mode=range_mode,
                               retry=retry, timeouts=timeouts, stats=self.stats, push_back=self.push_back)
-        self._control = Controller(self._window, self._chunks, self.stats, auto)
+        self._control = Controller(self._window, self._chunks, self.stats, auto,
+                                   connections=connection_budget(transport))
         self._tg: asyncio.TaskGroup | None = None
         self._controller: asyncio.Task[None] | None = None
         self._entered = False

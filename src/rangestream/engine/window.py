@@ -17,9 +17,12 @@ from .slot import Slot, Terminal
 from .stats import Stats
 
 # Seconds a probe may answer later than twice the first-byte delay of a speculative response
-# that waits for it, before those responses give way (see wait_known): well above the jitter
-# of a busy machine, well below any request timeout.
-GIVE_WAY = 0.25
+# that waits for it, before those responses give way (see wait_known). A stream alone never
+# needs this (Controller caps its early chunks at the transport's connections per host), but
+# streams sharing a capped pool can hold the connections each other's probes need. Far above
+# the jitter of a busy machine (giving way costs the early chunks' requests again), far below
+# any request timeout.
+GIVE_WAY = 1.0
 
 
 class Window:
@@ -260,9 +263,10 @@ class Window:
 
         ``parked_after``: the first-byte delay of the response now waiting here, holding a
         connection. The probe, asked at the same time, answers about as fast; if it has not
-        within twice that delay and ``GIVE_WAY``, it may be waiting for a connection that the
-        parked responses hold (a per-host limit, with the next hop of a redirect queued behind
-        them): every early chunk gives way rather than leave the probe to its request timeout."""
+        within twice that delay and ``GIVE_WAY``, it may be waiting for a connection that
+        parked responses hold (streams sharing a per-host limit, the next hop of a redirect
+        queued behind them): every early chunk gives way rather than leave the probe to its
+        request timeout."""
         if slot not in self.speculative:
             return 0.0
         since = time.monotonic()

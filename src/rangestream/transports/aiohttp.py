@@ -31,6 +31,7 @@ from .base import (
     host_key,
     next_hop,
     proxy_auth_failed,
+    smallest_cap,
     split_proxy_url,
     tls_error,
     too_many_redirects,
@@ -136,6 +137,10 @@ class AiohttpTransport:
         self._cookies = cookies
         self._pacer = HostPacer(requests_per_second) if requests_per_second else None
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def connections_per_host(self) -> int | None:
+        return smallest_cap(self._limit, self._limit_per_host)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

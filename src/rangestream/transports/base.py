@@ -114,6 +114,22 @@ class Transport(Protocol):
         """Close the connection pool (and abort responses still open). Idempotent."""
         ...
 
+    # Optional: ``connections_per_host``, the most connections one host gets at once (None:
+    # no cap). The engine asks fewer requests ahead of a first answer than that, so a response
+    # waiting for that answer never holds the connection the answer needs (see
+    # :func:`connection_budget`).
+
+
+def connection_budget(transport: object) -> int | None:
+    """``transport.connections_per_host``, or None for a transport that does not say."""
+    budget = getattr(transport, "connections_per_host", None)
+    return budget if isinstance(budget, int) and budget > 0 else None
+
+
+def smallest_cap(*limits: int) -> int | None:
+    """The smallest of ``limits`` that caps anything (0: no cap), or None."""
+    return min((n for n in limits if n > 0), default=None)
+
 
 # -- redirects -----------------------------------------------------------------
 

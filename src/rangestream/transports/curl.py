@@ -76,6 +76,7 @@ from .base import (
     host_key,
     next_hop,
     proxy_auth_failed,
+    smallest_cap,
     split_proxy_url,
     tls_error,
     too_many_redirects,
@@ -330,6 +331,10 @@ class CurlTransport:
                     raise RangestreamError(f"curl_cffi cannot impersonate {impersonate!r}")
             finally:
                 probe.close()
+
+    @property
+    def connections_per_host(self) -> int | None:
+        return smallest_cap(self._limit_per_host)
 
     def _note(self, buffered: int, pause: bool = False) -> None:
         # Queues only grow between reads, so their peak is seen at a read or at a pause.

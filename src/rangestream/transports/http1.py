@@ -37,6 +37,7 @@ from .base import (
     ca_context,
     host_key,
     next_hop,
+    smallest_cap,
     tls_error,
     too_many_redirects,
 )
@@ -411,6 +412,10 @@ class Http1Transport:
         self._limits = (limit, limit_per_host)
         self._pool: _Pool | None = None
         self._resolver = _Resolver()
+
+    @property
+    def connections_per_host(self) -> int | None:
+        return smallest_cap(*self._limits)
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], *,
                       connect_timeout: float, idle_timeout: float, data: bytes | None = None) -> Response:
