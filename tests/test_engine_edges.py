@@ -4,13 +4,17 @@ that makes the race deterministic)."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import pytest
 from aiohttp import web
 
 import rangestream
 from rangestream import Retry
+from rangestream.engine.delivery import InOrder
 from rangestream.engine.response import Body, Changed, Known, Retryable, check_status
+from rangestream.engine.stats import Stats
+from rangestream.engine.window import Window
 from rangestream.plan import ByteRange
 from rangestream.testing.servers import serve
 
@@ -39,10 +43,11 @@ def verdict_416(content_range: str | None, want: ByteRange, size: int | None = T
     return check_status(416, headers, want, known, Retry(), now=0.0)
 
 
+@pytest.mark.parametrize("content_range", [f"bytes */{T}", None])  # RFC 9110: the total SHOULD be sent
 @pytest.mark.parametrize("want", [ByteRange(T, None), ByteRange(T, T + CH), ByteRange(T + 5, T + CH)])
-def test_a_416_agreeing_with_the_known_total_past_it_is_nothing_to_read(want):
+def test_a_416_agreeing_with_the_known_total_past_it_is_nothing_to_read(want, content_range):
     # Asked before another response told the total: not needed, not a change.
-    assert verdict_416(f"bytes */{T}", want) == Body(want.start, want.start)
+    assert verdict_416(content_range, want) == Body(want.start, want.start)
 
 
 @pytest.mark.parametrize("content_range, want, kind", [
@@ -64,8 +69,9 @@ def test_a_416_at_the_end_of_an_object_of_unknown_total_still_ends_it():
 
 # -- the race, made deterministic by a server --------------------------------------------------------
 
+@pytest.mark.parametrize("named", [True, False], ids=["with-total", "without-content-range"])
 @pytest.mark.parametrize("window", [2, "auto"])
-async def test_a_request_at_the_total_answered_416_after_the_total_was_learned_ends_normally(window):
+async def test_a_request_at_the_total_answered_416_after_the_total_was_learned_ends_normally(window, named):
     """Chunk 0 is answered short and without a total ("bytes 0-999/*"), so the rest is asked
     open-ended from 64 KiB, which is the object's size. The server holds that request until the
     probe's next answer has told the total ("bytes 1000-1999/65536") and the engine has asked for
@@ -82,7 +88,7 @@ async def test_a_request_at_the_total_answered_416_after_the_total_was_learned_e
                 at_total.set()
                 await total_judged.wait()
                 answered_416.append(start)
-            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"} if named else {})
         if start == 0:
             return web.Response(status=206, body=data[:1000], headers={"Content-Range": "bytes 0-999/*"})
         if start == 1000:
@@ -99,3 +105,18 @@ async def test_a_request_at_the_total_answered_416_after_the_total_was_learned_e
             got = b"".join([piece async for piece in stream])
     assert got == data and stream.size == len(data)
     assert answered_416 == [len(data)]  # the race happened: the held request got its 416
+
+
+# -- a chunk that ends with neither its bytes nor an error -------------------------------------------
+
+def test_a_chunk_ending_without_its_bytes_or_an_error_fails_the_stream_instead_of_skipping_them():
+    # The backstop behind every path that ends a chunk's task (a give-way racing the probe's
+    # answer once did): delivery must never step over a range nobody fetched.
+    window = Window(deque([ByteRange(0, 3 * CH)]), size=3 * CH, chunk_size=CH, window=2, max_buffer=0,
+                    auto_budget=False, prefetch_timeout=1.0, stats=Stats(size=3 * CH), delivery=InOrder())
+    window.start = lambda slot: None  # no task: the slot's outcome is set by hand below
+    slot = window.add_slot(ByteRange(0, CH), 0)
+    slot.finished = True
+    with pytest.raises(rangestream.StreamError, match=f"chunk 0 ended at byte 0 of {CH} without an error"):
+        window.retire(slot)
+    assert slot in window.order  # not stepped over

@@ -104,9 +104,10 @@ def _unsatisfiable(headers: Headers, want: ByteRange, known: Known, now: float) 
     named = unsatisfied_total(headers.get("Content-Range"))
     if named is not None and known.size is not None and named != known.size:
         return _changed(f"HTTP 416 names a total of {named} bytes, not the size {known.size}", 416, named)
-    if named is not None and named == known.size and want.start >= named:
+    if known.size is not None and want.start >= known.size and named in (None, known.size):
         # Asked before another response told the total: the server agrees the range lies past
-        # the end, so the chunk is simply not needed (the window already ends it there).
+        # the end (naming that total, or none: RFC 9110 only says it SHOULD), so the chunk is
+        # simply not needed (the window already ends it there).
         return Body(want.start, want.start)
     if named is not None and named > want.start:
         # The server's own total says the byte exists: a confused answer, not the end of the object.

@@ -17,11 +17,11 @@ from .slot import Slot, Terminal
 from .stats import Stats
 
 # Seconds a probe may answer later than twice the first-byte delay of a speculative response
-# that waits for it, before those responses give way (see wait_known). A stream alone never
-# needs this (Controller caps its early chunks at the transport's connections per host), but
+# that waits for it, before those responses give way (see wait_known). A stream alone does not
+# need it (Controller caps its early chunks at the transport's connections per host), but
 # streams sharing a capped pool can hold the connections each other's probes need. Far above
-# the jitter of a busy machine (giving way costs the early chunks' requests again), far below
-# any request timeout.
+# the jitter of a busy machine, far below any request timeout: a probe that is merely slow by
+# more than this costs the early chunks' requests again (never bytes: they were not read).
 GIVE_WAY = 1.0
 
 
@@ -274,8 +274,11 @@ class Window:
             async with asyncio.timeout(None if parked_after is None else parked_after + GIVE_WAY):
                 await self.size_known.wait()
         except TimeoutError:
-            self.abandon_speculation()  # this chunk goes too: its task is cancelled
-            raise asyncio.CancelledError from None
+            # The answer can come in the very loop pass the deadline fires: this chunk is then
+            # kept (or dropped) already, and giving way now would leave its range unfetched.
+            if slot in self.speculative:
+                self.abandon_speculation()  # this chunk goes too: its task is cancelled
+                raise asyncio.CancelledError from None
         if slot in self.speculative:  # the probe ended without an answer: the stream fails with its error
             raise Terminal(StreamError("the first request failed before the size was known"))
         return time.monotonic() - since
@@ -430,6 +433,11 @@ class Window:
         """A slot fully delivered: drop it, let the next chunk into the window."""
         if slot not in self.order:
             return  # dropped while the consumer held it (take_over_rest): nothing to deliver
+        if slot.error is None and slot.range.stop is not None and slot.out < slot.range.stop:
+            # A chunk that ended with neither its bytes nor an error is a bug: fail, never skip.
+            slot.error = StreamError(f"internal error: chunk {slot.index} ended at byte {slot.out} "
+                                     f"of {slot.range.stop} without an error", attempts=slot.trace.requests)
+            self.fail(slot)
         self.order.remove(slot)
         self.fill()  # also moves the head on
         self.notify()
