@@ -15,6 +15,8 @@ CASES = [
     (["serve", "--token", ""], "an empty token"),
     (["serve", "--signing-key", ""], "an empty signing key"),
     (["origin", "--port", "70000"], "a port is 0..65535"),
+    (["serve", "--allow-host", ""], "a domain is needed"),  # an empty allow-list would allow every host
+    (["serve", "--allow-host", "."], "a domain is needed"),
 ]
 
 

@@ -107,6 +107,13 @@ def _secret(what: str) -> Callable[[str], str]:
     return parse
 
 
+def _host_suffix(text: str) -> str:
+    # An empty suffix would be dropped, and an empty allow-list allows every host.
+    if not text.strip().strip("."):
+        raise argparse.ArgumentTypeError(f"a domain is needed, e.g. googlevideo.com, not {text!r}")
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -132,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "token (default $RANGESTREAM_SIGNING_KEY)")
     p.add_argument("--allow-private", action="store_true",
                    help="allow upstreams on loopback/private/link-local addresses (SSRF guard off)")
-    p.add_argument("--allow-host", action="append", default=[], metavar="SUFFIX",
+    p.add_argument("--allow-host", action="append", default=[], metavar="SUFFIX", type=_host_suffix,
                    help="only fetch from hosts in this domain (repeatable), e.g. googlevideo.com")
     p.add_argument("--public-host", action="append", default=[], metavar="NAME",
                    help="a Host name this service answers to besides loopback ones (repeatable)")
