@@ -93,13 +93,14 @@ async def test_byte_exact_at_every_window(origin, curl, window):
 
 async def test_close_mid_body_of_a_throttled_response_aborts_at_once(origin, curl):
     # 10 MB at 200 kB/s: leaving curl_cffi's own stream context would wait ~50 s for it.
+    # The bounds (5 s) are far below that and leave a busy machine room: an abort takes ms.
     origin.profile = Profile(rate=200_000)
     resp = await _request(curl, origin.url(10 * MB, "thr"))
     assert resp.status == 200 and await resp.read_piece()
     t = time.monotonic()
     resp.close()
-    assert time.monotonic() - t < 0.5
-    assert await origin.wait_idle(timeout=0.5), f"{origin.open_connections} connections still open"
+    assert time.monotonic() - t < 5
+    assert await origin.wait_idle(timeout=5), f"{origin.open_connections} connections still open"
     assert curl.aborts == 1
     assert await resp.read_piece() == b""  # closed: nothing more, no error
     rec = test_engine.reqs(origin, "thr")[0]
@@ -107,7 +108,7 @@ async def test_close_mid_body_of_a_throttled_response_aborts_at_once(origin, cur
 
 
 async def test_cancel_while_waiting_for_headers_closes_the_connection(origin, curl):
-    origin.inject("delay", name="slowhdr", delay=10)
+    origin.inject("delay", name="slowhdr", delay=30)  # left open, the connection outlives the 5 s wait below
     task = asyncio.create_task(_request(curl, origin.url(100 * KB, "slowhdr")))
     for _ in range(100):  # up to 5 s for the connection to be up
         if origin.open_connections == 1:
@@ -117,7 +118,7 @@ async def test_cancel_while_waiting_for_headers_closes_the_connection(origin, cu
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await origin.wait_idle(timeout=0.5)
+    assert await origin.wait_idle(timeout=5)
 
 
 async def test_break_mid_stream_leaves_no_connection(origin):
@@ -127,7 +128,7 @@ async def test_break_mid_stream_leaves_no_connection(origin):
                                       window=4, retry=FAST_RETRY) as stream:
             async for _ in stream:
                 break
-        assert await origin.wait_idle(timeout=1.0)
+        assert await origin.wait_idle(timeout=5)  # ms when aborted; one kept in the pool never closes
     assert test_engine.our_tasks() == []
 
 
@@ -138,8 +139,8 @@ async def test_aclose_aborts_live_responses(origin):
     await resp.read_piece()
     started = time.monotonic()
     await t.aclose()
-    assert time.monotonic() - started < 0.5
-    assert await origin.wait_idle(timeout=0.5)
+    assert time.monotonic() - started < 5  # in ms; the throttled 10 MB would take ~50 s
+    assert await origin.wait_idle(timeout=5)
 
 
 # -- 4. backpressure ---------------------------------------------------------------------
@@ -182,7 +183,8 @@ async def test_headers_only_prefetch_buffers_at_most_the_limit(origin):
 # -- 5. timeouts and errors ---------------------------------------------------------------
 
 async def test_idle_timeout_on_a_stalled_body(origin, curl):
-    origin.profile = Profile(stall_seconds=5)
+    # A 30 s stall: without the 0.3 s idle timeout the read would wait it out, far past 10 s.
+    origin.profile = Profile(stall_seconds=30)
     origin.inject("stall", name="idle", at=50 * KB)
     resp = await _request(curl, origin.url(200 * KB, "idle"), idle=0.3)
     got = 0
@@ -190,9 +192,9 @@ async def test_idle_timeout_on_a_stalled_body(origin, curl):
     with pytest.raises(TransientError, match="idle timeout"):
         while piece := await resp.read_piece():
             got += len(piece)
-    assert time.monotonic() - t < 1.5 and got <= 50 * KB
+    assert time.monotonic() - t < 10 and got <= 50 * KB
     resp.close()
-    assert await origin.wait_idle(timeout=0.5)
+    assert await origin.wait_idle(timeout=5)
 
 
 @pytest.mark.parametrize("kind", ["reset", "truncate"])
