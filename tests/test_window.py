@@ -143,7 +143,7 @@ async def test_stalled_connection_is_reissued_while_others_flow(origin):
                                        retry=Retry(attempts=0, backoff=0.001)) as stream:
         data = b"".join([p async for p in stream])
     assert data == origin.content("stall", size)
-    assert time.monotonic() - t < 6
+    assert time.monotonic() - t < 10  # about 2.5 s; waiting out the 15 s stall fails it
     assert stream.stats.reissues == 1
     stalled = [r for r in origin.log if r.fault == "stall"]
     assert len(stalled) == 1 and stalled[0].bytes_sent == 100 * KB
