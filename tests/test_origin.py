@@ -232,11 +232,12 @@ async def test_stall_is_caught_by_client_read_timeout(origin: Origin) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=0.5)) as s:
         with pytest.raises(asyncio.TimeoutError):
             await fetch(s, origin.url(SIZE, "st"))
-    # the handler noticed the client leaving and stopped stalling long before 20 s
-    assert await origin.wait_idle(3.0)
+    # the handler noticed the client leaving and stopped stalling long before 20 s (in about
+    # 0.5 s: 10 s leaves a busy machine room)
+    assert await origin.wait_idle(10.0)
     rec = origin.log[-1]
     assert rec.outcome == "stalled" and 0 < rec.bytes_sent < SIZE
-    assert rec.end is not None and rec.end - begin < 5
+    assert rec.end is not None and rec.end - begin < 10
 
 
 async def test_stall_ends_with_a_short_body(origin: Origin, session: aiohttp.ClientSession) -> None:
@@ -357,13 +358,16 @@ async def test_link_rate_is_shared(origin: Origin, session: aiohttp.ClientSessio
 
 
 async def test_throttle_over(origin: Origin, session: aiohttp.ClientSession) -> None:
-    url = origin.url(SIZE, "th", throttle_over=200_000, throttle_rate=1e6)
+    # A response of 20 000 bytes at the 10 kB/s throttle would take 2 s: the one at the limit
+    # (full speed, ms) gets a 1 s bound, which a busy machine does not reach; one byte more
+    # crawls (a lower bound: delays only add to it).
+    url = origin.url(SIZE, "th", throttle_over=20_000, throttle_rate=10e3)
     begin = time.monotonic()
-    await fetch(session, url, headers={"Range": "bytes=0-199999"})      # not over: full speed
+    await fetch(session, url, headers={"Range": "bytes=0-19999"})       # not over: full speed
     fast = time.monotonic() - begin
     begin = time.monotonic()
-    await fetch(session, url, headers={"Range": "bytes=0-399999"})      # over: crawls at 1 MB/s
-    assert time.monotonic() - begin >= 0.35 and fast < 0.3
+    await fetch(session, url, headers={"Range": "bytes=0-20000"})       # over: crawls at 10 kB/s
+    assert time.monotonic() - begin >= 1.9 and fast < 1.0
 
 
 def test_profiles() -> None:
@@ -424,7 +428,7 @@ async def test_close_is_bounded_with_a_stalled_handler() -> None:
             await resp.content.readexactly(1000)
             begin = time.monotonic()
             await org.close()
-            assert time.monotonic() - begin < 3
+            assert time.monotonic() - begin < 10  # about 1 s; waiting for the handler takes 60 s
 
 
 def test_non_loopback_host_is_refused() -> None:
