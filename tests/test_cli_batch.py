@@ -346,7 +346,9 @@ async def test_batch_pages_resolve_side_by_side_and_are_still_named_in_list_orde
     data = {n: n.encode() * (20_000 + i) for i, n in enumerate("xyz")}
     for name, body in data.items():
         origin.add_object(name, body, "video/mp4")
-    async with HeldPages(origin, list(data), hold=3.0) as pages:
+    # hold: every resolution arrives within a second or two, later on a busy machine; one job
+    # resolving after another would leave the first waiting the whole 15 s (seen == 1).
+    async with HeldPages(origin, list(data), hold=15.0) as pages:
         rc, _, err = await run("get", "--resolve", *(pages.url.format(n) for n in data), "-o", "d/", "-j", "3",
                                cwd=tmp_path, timeout=60)
     assert rc == 0, err
