@@ -591,22 +591,45 @@ async def test_memory_stays_bounded_when_the_sink_is_slow():
 
 
 async def test_event_loop_keeps_running():
-    lag = 0.0
+    # FFmpeg's side blocks (here: a file-like sink whose every write waits until the event loop
+    # has ticked twice). It runs in the worker thread, so the loop keeps ticking meanwhile; a
+    # write run on the loop's thread would wait in vain (given up after 10 s, then no more
+    # waiting). Ticks are counted, not timed: a busy machine makes them later, never fewer.
+    # (Was: the loop's longest lag < 0.25 s, over a mux that takes about 15 ms in all.)
+    loop_thread = threading.get_ident()
+    ticks = 0
     stop = asyncio.Event()
 
     async def ticker():
-        nonlocal lag
+        nonlocal ticks
         while not stop.is_set():
-            t = time.perf_counter()
             await asyncio.sleep(0.005)
-            lag = max(lag, time.perf_counter() - t - 0.005)
+            ticks += 1
 
+    class WaitsForTheLoop(io.BytesIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: set[int] = set()
+            self.ticked: list[int] = []  # per write: the loop's ticks while it waited
+
+        def write(self, data) -> int:
+            self.threads.add(threading.get_ident())
+            if min(self.ticked, default=2) >= 2:  # stuck once: the rest do not wait
+                seen, deadline = ticks, time.monotonic() + 10
+                while ticks < seen + 2 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                self.ticked.append(ticks - seen)
+            return super().write(data)
+
+    sink = WaitsForTheLoop()
     tick = asyncio.create_task(ticker())
     video = generate_clip("h264-fmp4", crf=0)
-    await mux(Source(video, piece=65536), Source(generate_clip("aac-fmp4")), io.BytesIO(), "mp4")
+    result = await mux(Source(video, piece=65536), Source(generate_clip("aac-fmp4")), sink, "mp4")
     stop.set()
     await tick
-    assert lag < 0.25, lag
+    assert sink.ticked and min(sink.ticked) >= 2, sink.ticked
+    assert loop_thread not in sink.threads
+    assert result.bytes_written == len(sink.getvalue()) > 0
 
 
 # --------------------------------------------------------------------------
