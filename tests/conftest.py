@@ -3,9 +3,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import settings
 
 import rangestream.client
 from rangestream.testing.origin import PROFILES, Origin
+
+# No per-example deadline (hypothesis' default is 200 ms): no property here is about speed, and
+# one example paused past it on a busy machine fails the test as "Flaky" although it passed.
+settings.register_profile("rangestream", deadline=None)
+settings.load_profile("rangestream")
 
 
 @pytest.fixture
