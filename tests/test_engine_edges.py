@@ -4,6 +4,7 @@ that makes the race deterministic)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 import pytest
@@ -16,9 +17,11 @@ from rangestream.engine.response import Body, Changed, Known, Retryable, check_s
 from rangestream.engine.stats import Stats
 from rangestream.engine.window import Window
 from rangestream.plan import ByteRange
+from rangestream.testing.origin import Origin, Profile
 from rangestream.testing.servers import serve
 
 KB = 1024
+MB = 1024 * KB
 CH = 64 * KB
 FAST_RETRY = Retry(attempts=2, backoff=0.001, cap=0.01, jitter=0)
 
@@ -120,3 +123,22 @@ def test_a_chunk_ending_without_its_bytes_or_an_error_fails_the_stream_instead_o
     with pytest.raises(rangestream.StreamError, match=f"chunk 0 ended at byte 0 of {CH} without an error"):
         window.retire(slot)
     assert slot in window.order  # not stepped over
+
+
+# -- time the process did not run is not the servers' silence ----------------------------------------
+
+async def test_a_consumer_blocking_the_loop_does_not_make_healthy_reads_look_stalled():
+    # The consumer does 2.5 s of synchronous work once: the whole process stops, the origin in it
+    # too, as on a frozen machine. No server was silent, so no read is re-issued (before: all 4
+    # connections, 4 requests more, once the loop ran again).
+    size, chunk = 8 * MB, 1 * MB
+    async with Origin(Profile(rate=2e6)) as origin:  # 4 connections at 2 MB/s: about a second
+        out, blocked = bytearray(), False
+        async with rangestream.open_stream(origin.url(size, "busy"), chunk_size=chunk, window=4) as stream:
+            async for piece in stream:
+                out += piece
+                if not blocked and len(out) >= 2 * chunk:
+                    blocked = True
+                    time.sleep(2.5)  # the behaviour under test: a loop blocked by its consumer
+        assert bytes(out) == origin.content("busy", size)
+    assert stream.stats.reissues == 0

@@ -39,6 +39,8 @@ SPECULATE = 4
 GAPS = 4
 # ...and, with no other connection flowing to compare with, for at least this many seconds.
 LONE_STALL = 2.0
+# A controller tick later than this (seconds past TICK) saw the process stopped, not the network.
+LATE = 0.2
 
 
 class Controller:
@@ -80,6 +82,7 @@ class Controller:
         while (w.order or w.spans) and not w.stopping:
             await asyncio.sleep(TICK)
             now = loop.time()
+            self._discount_lag(now - last_t - TICK)
             self._maybe_start(now)
             rate = (chunks.read_total - last_bytes) / max(now - last_t, 1e-6)
             last_t, last_bytes = now, chunks.read_total
@@ -103,6 +106,16 @@ class Controller:
                     reading = sum(1 for s in w.order if s.reading_since is not None and not s.finished)
                     w.resize(self._auto.observe(now, rate, reading))
             self._maybe_split(now)
+
+    def _discount_lag(self, lag: float) -> None:
+        """A tick this late means the process did not run (a loop blocked by its consumer, a
+        frozen machine): that time is not the servers' silence, so the stall clocks skip it
+        rather than re-issue every healthy read at once."""
+        if lag <= LATE:
+            return
+        for s in self._window.order:
+            if s.waiting_since is not None:
+                s.waiting_since += lag
 
     def _horizon(self, now: float) -> None:
         """Keep the auto read-ahead of an in-order consumer within ``HORIZON`` seconds of its
