@@ -152,6 +152,16 @@ def test_auto_window_ignores_samples_while_not_every_slot_reads():
         assert w.observe(i * 0.1, 1e6, reading=1) == 2  # the consumer, not the network, is the limit
 
 
+def test_auto_window_does_not_grow_after_an_interval_its_consumer_did_not_wait_for_bytes():
+    from rangestream.plan import AutoWindow
+    w = AutoWindow(start=2, ceiling=8)
+    # a link where every connection adds, but the consumer was busy (bytes ready, or writing):
+    # samples count, growth waits for an interval in which it waited for bytes
+    for i in range(10):
+        assert w.observe(i * 0.1, (i + 1) * 1e6, reading=2, may_grow=False) == 2
+    assert w.observe(1.0, 11e6, reading=2) == 4
+
+
 def test_auto_window_starts_from_the_first_response_on_a_long_round_trip():
     from rangestream.plan import AutoWindow
     w = AutoWindow(start=2, ceiling=8)

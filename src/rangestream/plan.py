@@ -217,8 +217,10 @@ class AutoWindow:
             start = max(start, self.ceiling // 2)
         return self._set(now, max(1, min(start, chunks, self.ceiling)))
 
-    def observe(self, now: float, rate: float, reading: int) -> int:
-        """One sample: ``rate`` bytes/s over the last interval with ``reading`` bodies in flight."""
+    def observe(self, now: float, rate: float, reading: int, may_grow: bool = True) -> int:
+        """One sample: ``rate`` bytes/s over the last interval with ``reading`` bodies in flight.
+        ``may_grow`` False: the consumer did not wait for bytes in that interval, so more
+        connections could not have made it faster; the sample counts, the window does not grow."""
         if self._changed_at is None:
             self._changed_at = now
         if now - self._changed_at < self.settle or reading < self.size:
@@ -233,7 +235,7 @@ class AutoWindow:
                 self._next_probe = now + self.probe_every
                 return self._set(now, prev) if rate < self._rate_at[prev] * 1.05 else self.size
             self._prev = None
-        if self.size >= self.ceiling:
+        if self.size >= self.ceiling or not may_grow:
             return self.size
         if self._slow_start:
             return self._set(now, self.size * 2)

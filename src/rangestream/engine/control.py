@@ -39,6 +39,9 @@ SPECULATE = 4
 GAPS = 4
 # ...and, with no other connection flowing to compare with, for at least this many seconds.
 LONE_STALL = 2.0
+# The auto window grows only after a tick in which the in-order consumer waited for bytes this
+# share of the time (see _consumer_waited).
+GROW_WAITING = 0.8
 # A controller tick later than this (seconds past TICK) saw the process stopped, not the network.
 LATE = 0.2
 
@@ -63,6 +66,7 @@ class Controller:
             window.speculate = max(1, min(window.speculate, connections))
         self._started = False  # the auto window's start was chosen (from the first response)
         self._held_since: tuple[float, int] | None = None  # (time, bytes delivered) the consumer became the limit
+        self._waited_at = (0.0, 0.0)  # (tick, the consumer's wait by then): set as the loop starts
         self._taken: deque[tuple[float, int, float]] = deque()  # (time, delivered, consumer waited) over HORIZON s
 
     async def run(self) -> None:
@@ -78,6 +82,7 @@ class Controller:
         loop = asyncio.get_running_loop()
         last_t, last_bytes = loop.time(), chunks.read_total
         t0 = last_t
+        self._waited_at = (t0, w.consumer_waited)
         self._maybe_start(last_t)  # a probe's response may already have come (size unknown at first)
         while (w.order or w.spans) and not w.stopping:
             await asyncio.sleep(TICK)
@@ -104,8 +109,21 @@ class Controller:
                     w.resize(held)  # never grows while the consumer is the limit
                 else:
                     reading = sum(1 for s in w.order if s.reading_since is not None and not s.finished)
-                    w.resize(self._auto.observe(now, rate, reading))
+                    w.resize(self._auto.observe(now, rate, reading, may_grow=self._consumer_waited(now)))
             self._maybe_split(now)
+
+    def _consumer_waited(self, now: float) -> bool:
+        """Whether an in-order consumer spent at least ``GROW_WAITING`` of the last tick waiting
+        for bytes: one that did not (it was writing, or bytes were ready) cannot go faster with
+        more connections, which would only read ahead of it (a CLI piping into a slow reader
+        took its first megabytes at once and looked like a fast consumer for two ticks)."""
+        w = self._window
+        waiting = w.consumer_waiting_since
+        waited = w.consumer_waited + (now - waiting if waiting is not None else 0.0)
+        (then, before), self._waited_at = self._waited_at, (now, waited)
+        if not w.delivery.head_blocks:
+            return True  # unordered: the consumer takes any chunk's bytes, none waits on it
+        return waited - before >= GROW_WAITING * (now - then)
 
     def _discount_lag(self, lag: float) -> None:
         """A tick this late means the process did not run (a loop blocked by its consumer, a
