@@ -345,3 +345,23 @@ async def test_non_ascii_header_values_go_as_utf8() -> None:
 async def test_a_host_name_with_a_bad_label_is_an_invalid_url_not_a_crash(host: str) -> None:
     with pytest.raises(StreamError, match="bad host name"):
         await fetch(f"http://{host}/x")
+
+
+async def test_https_keep_alive_download_with_a_slow_consumer_is_byte_exact():
+    # Over TLS the connection reads into its own buffer (asyncio's buffered path): many reads
+    # per chunk, reading paused and resumed behind a consumer that holds back, connections
+    # reused for later chunks, every byte in order.
+    from rangestream.testing.origin import Origin, Profile
+
+    size = 6 * (1 << 20) + 12_345
+    async with Origin(Profile(), tls=True) as origin:
+        async with rangestream.Client(cacert=origin.ca_path) as client:
+            out = bytearray()
+            async with client.open_stream(origin.url(size, "tls-ka"), chunk_size=1 << 20, window=3,
+                                          retry=FAST_RETRY) as stream:
+                async for piece in stream:
+                    out += piece
+                    await asyncio.sleep(0.002)  # a consumer slower than loopback TLS
+        assert bytes(out) == origin.content("tls-ka", size)
+        peers = {r.peer for r in origin.log}
+    assert len(origin.log) >= 7 and len(peers) < len(origin.log)  # some connection carried several chunks
