@@ -161,7 +161,7 @@ class _TLSConnection(_Connection, asyncio.BufferedProtocol):
     """Over TLS, asyncio decrypts straight into one buffer of ours, and each read is handed on
     as one copy of it: without this, every TLS record (16 KiB) is decrypted into a fresh
     256 KiB allocation and the records of a read are joined again (measured against nginx,
-    TLS 1.3, 1 GB, one connection: 910-1030 MB/s at 0.93-1.09 CPU s/GB, was 750-950 MB/s at
+    TLS 1.3, 1 GB, one connection: 910-1030 MB/s at 0.93-1.07 CPU s/GB, was 750-950 MB/s at
     1.02-1.31). Plain connections keep the socket's own reads, which need no copy at all."""
 
     def __init__(self, key: tuple[str, str, int]) -> None:
