@@ -142,3 +142,23 @@ async def test_a_consumer_blocking_the_loop_does_not_make_healthy_reads_look_sta
                     time.sleep(2.5)  # the behaviour under test: a loop blocked by its consumer
         assert bytes(out) == origin.content("busy", size)
     assert stream.stats.reissues == 0
+
+
+def test_the_stall_clock_forgives_one_wait_a_bounded_time_however_often_the_loop_is_blocked():
+    # A loop blocked again and again (other work on it) must not hide a dead read until the idle
+    # timeout: each late tick's lag is credited to a wait, up to FORGIVEN in all; a new wait
+    # starts with no credit.
+    from rangestream.engine.control import Controller
+
+    window = Window(deque([ByteRange(0, 3 * CH)]), size=3 * CH, chunk_size=CH, window=2, max_buffer=0,
+                    auto_budget=False, prefetch_timeout=1.0, stats=Stats(size=3 * CH), delivery=InOrder())
+    window.start = lambda slot: None  # no task: the slot's wait is set by hand below
+    slot = window.add_slot(ByteRange(0, CH), 0)
+    control = Controller(window, None, window.stats, None)  # type: ignore[arg-type]  # chunks: unused here
+    slot.waiting_since = 100.0
+    for _ in range(30):
+        control._discount_lag(0.5)  # thirty ticks, each half a second late
+    assert slot.waiting_since == pytest.approx(100.0 + 5.0)  # control.FORGIVEN, not the 15 s of lag
+    slot.waiting_since = 200.0  # the next read's wait
+    control._discount_lag(0.5)
+    assert slot.waiting_since == pytest.approx(200.5)

@@ -39,11 +39,11 @@ SPECULATE = 4
 GAPS = 4
 # ...and, with no other connection flowing to compare with, for at least this many seconds.
 LONE_STALL = 2.0
-# The auto window grows only after a tick in which the in-order consumer waited for bytes this
-# share of the time (see _consumer_waited).
-GROW_WAITING = 0.8
-# A controller tick later than this (seconds past TICK) saw the process stopped, not the network.
+# A controller tick later than this (seconds past TICK) saw the process stopped, not the network;
+# one read's wait is forgiven at most this much stopped time in all: more than a frozen machine's
+# pause, far less than the idle timeout (20 s) a loop blocked again and again would otherwise reach.
 LATE = 0.2
+FORGIVEN = 5.0
 
 
 class Controller:
@@ -66,7 +66,9 @@ class Controller:
             window.speculate = max(1, min(window.speculate, connections))
         self._started = False  # the auto window's start was chosen (from the first response)
         self._held_since: tuple[float, int] | None = None  # (time, bytes delivered) the consumer became the limit
-        self._waited_at = (0.0, 0.0)  # (tick, the consumer's wait by then): set as the loop starts
+        # (tick, the consumer's wait and bytes taken by then): set as the loop starts
+        self._waited_at: tuple[float, float, int] = (0.0, 0.0, 0)
+        self._credited: dict[Slot, tuple[float, float]] = {}  # a read's wait -> lag credited to it
         self._taken: deque[tuple[float, int, float]] = deque()  # (time, delivered, consumer waited) over HORIZON s
 
     async def run(self) -> None:
@@ -82,7 +84,7 @@ class Controller:
         loop = asyncio.get_running_loop()
         last_t, last_bytes = loop.time(), chunks.read_total
         t0 = last_t
-        self._waited_at = (t0, w.consumer_waited)
+        self._waited_at = (t0, w.consumer_waited, w.delivered)
         self._maybe_start(last_t)  # a probe's response may already have come (size unknown at first)
         while (w.order or w.spans) and not w.stopping:
             await asyncio.sleep(TICK)
@@ -109,31 +111,45 @@ class Controller:
                     w.resize(held)  # never grows while the consumer is the limit
                 else:
                     reading = sum(1 for s in w.order if s.reading_since is not None and not s.finished)
-                    w.resize(self._auto.observe(now, rate, reading, may_grow=self._consumer_waited(now)))
+                    w.resize(self._auto.observe(now, rate, reading, may_grow=self._consumer_has_room(now, rate)))
             self._maybe_split(now)
 
-    def _consumer_waited(self, now: float) -> bool:
-        """Whether an in-order consumer spent at least ``GROW_WAITING`` of the last tick waiting
-        for bytes: one that did not (it was writing, or bytes were ready) cannot go faster with
-        more connections, which would only read ahead of it (a CLI piping into a slow reader
-        took its first megabytes at once and looked like a fast consumer for two ticks)."""
+    def _consumer_has_room(self, now: float, rate: float) -> bool:
+        """Whether an in-order consumer could take what one more connection would bring: the
+        bytes it took over the time it was busy (not waiting for bytes) in the last interval,
+        against the network's ``rate`` times (window + 1) / window. One that was busy writing
+        cannot go faster with more connections, which would only read ahead of it (a CLI
+        piping into a 32 MB/s reader absorbed its first megabytes into its writer and the
+        pipe, and looked like a fast consumer for two ticks)."""
         w = self._window
         waiting = w.consumer_waiting_since
         waited = w.consumer_waited + (now - waiting if waiting is not None else 0.0)
-        (then, before), self._waited_at = self._waited_at, (now, waited)
+        (then, waited_then, taken_then), self._waited_at = self._waited_at, (now, waited, w.delivered)
         if not w.delivery.head_blocks:
             return True  # unordered: the consumer takes any chunk's bytes, none waits on it
-        return waited - before >= GROW_WAITING * (now - then)
+        busy = (now - then) - (waited - waited_then)
+        size = max(1, w.size_limit)
+        return busy <= 0 or (w.delivered - taken_then) / busy >= rate * (size + 1) / size
 
     def _discount_lag(self, lag: float) -> None:
         """A tick this late means the process did not run (a loop blocked by its consumer, a
         frozen machine): that time is not the servers' silence, so the stall clocks skip it
-        rather than re-issue every healthy read at once."""
+        rather than re-issue every healthy read at once. At most ``FORGIVEN`` per wait, so a
+        loop blocked again and again (other work on it) still lets a dead read be re-issued
+        long before the idle timeout."""
         if lag <= LATE:
             return
+        credited = {}
         for s in self._window.order:
-            if s.waiting_since is not None:
-                s.waiting_since += lag
+            if s.waiting_since is None:
+                continue
+            since, given = self._credited.get(s, (None, 0.0))
+            given = given if since == s.waiting_since else 0.0  # a new wait starts with none
+            add = min(lag, FORGIVEN - given)
+            if add > 0:
+                s.waiting_since += add
+            credited[s] = (s.waiting_since, given + max(add, 0.0))
+        self._credited = credited
 
     def _horizon(self, now: float) -> None:
         """Keep the auto read-ahead of an in-order consumer within ``HORIZON`` seconds of its
