@@ -297,26 +297,17 @@ async def test_a_redirected_probe_is_not_held_up_by_responses_waiting_for_it(lim
         ranges.append(request.headers["Range"])  # each range answered
         return ranged_reply(request, data)
 
-    app = web.Application()
-    app.router.add_get("/x", handler)
-    app.router.add_get("/y", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/x"
-    try:
+    async with serve(handler, route="/{name}") as url:  # /x, and /y after the redirect
         began = time.monotonic()
         async with rangestream.Client(limit_per_host=limit) as client:
             async with client.open_stream(url, window=window, chunk_size=CH, retry=FAST_RETRY,
                                           timeouts=rangestream.Timeouts(request=5)) as stream:
                 got = b"".join([p async for p in stream])
         took = time.monotonic() - began
-    finally:
-        await runner.cleanup()
     assert got == data and "/y" in hops
     assert stream.stats.retries == 0 and took < 2.5, f"{took:.2f} s, {stream.stats.retries} retries"
-    starts = [r.removeprefix("bytes=").partition("-")[0] for r in ranges]
-    assert len(starts) == len(set(starts)), ranges
+    answered = starts(ranges)
+    assert len(answered) == len(set(answered)), ranges
 
 
 async def test_streams_sharing_a_capped_pool_give_way_to_each_others_probes():
@@ -337,13 +328,8 @@ async def test_streams_sharing_a_capped_pool_give_way_to_each_others_probes():
             raise web.HTTPFound(f"/{name}2")
         return ranged_reply(request, data)
 
-    app = web.Application()
-    app.router.add_get("/{name}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve(handler, route="/{name}") as url:
+        base = url.rsplit("/", 1)[0]
         began = time.monotonic()
         async with rangestream.Client(limit_per_host=2) as client:
             async def one(name: str) -> tuple[bytes, int]:
@@ -352,7 +338,5 @@ async def test_streams_sharing_a_capped_pool_give_way_to_each_others_probes():
                     return b"".join([p async for p in stream]), stream.stats.retries
             results = await asyncio.gather(one("a"), one("b"))
         took = time.monotonic() - began
-    finally:
-        await runner.cleanup()
     assert results == [(data, 0), (data, 0)], [r for _, r in results]
     assert took < 4.0, f"{took:.2f} s"

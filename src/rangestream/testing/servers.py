@@ -9,10 +9,12 @@ from aiohttp import web
 
 
 @asynccontextmanager
-async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
-    """Serve ``handler`` at ``/x``; yields the URL."""
+async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                route: str = "/x") -> AsyncIterator[str]:
+    """Serve ``handler`` at ``route`` (an aiohttp pattern such as ``/{name}``, which must match
+    ``/x``); yields the URL of ``/x``."""
     app = web.Application()
-    app.router.add_get("/x", handler)
+    app.router.add_get(route, handler)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
