@@ -57,11 +57,7 @@ def origin_process(profile: str, tls: bool = False):
             base.ca = ca.removeprefix("ca-cert ")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 NGINX_CONF = """worker_processes 1;
@@ -112,13 +108,18 @@ def nginx_origin(name: str, size: int, tls: bool = False):
             url.ca = base
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ask a server process to end; kill it if it has not within 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _nginx_tls(d: str) -> tuple[str, str]:

@@ -122,8 +122,7 @@ class Controller:
         piping into a 32 MB/s reader absorbed its first megabytes into its writer and the
         pipe, and looked like a fast consumer for two ticks)."""
         w = self._window
-        waiting = w.consumer_waiting_since
-        waited = w.consumer_waited + (now - waiting if waiting is not None else 0.0)
+        waited = _consumer_wait(w, now)
         (then, waited_then, taken_then), self._waited_at = self._waited_at, (now, waited, w.delivered)
         if not w.delivery.head_blocks:
             return True  # unordered: the consumer takes any chunk's bytes, none waits on it
@@ -145,10 +144,9 @@ class Controller:
                 continue
             since, given = self._credited.get(s, (None, 0.0))
             given = given if since == s.waiting_since else 0.0  # a new wait starts with none
-            add = min(lag, FORGIVEN - given)
-            if add > 0:
-                s.waiting_since += add
-            credited[s] = (s.waiting_since, given + max(add, 0.0))
+            add = max(0.0, min(lag, FORGIVEN - given))
+            s.waiting_since += add
+            credited[s] = (s.waiting_since, given + add)
         self._credited = credited
 
     def _horizon(self, now: float) -> None:
@@ -160,8 +158,7 @@ class Controller:
         w, taken = self._window, self._taken
         if not w.delivery.head_blocks or not w.delivered:
             return
-        waiting = w.consumer_waiting_since
-        waited = w.consumer_waited + (now - waiting if waiting is not None else 0.0)
+        waited = _consumer_wait(w, now)
         taken.append((now, w.delivered, waited))
         while len(taken) > 2 and now - taken[1][0] >= HORIZON:
             taken.popleft()
@@ -312,6 +309,12 @@ class Controller:
             return None
         peers.sort()
         return head if head_rate * 4 < peers[len(peers) // 2] else None
+
+
+def _consumer_wait(w: Window, now: float) -> float:
+    """Seconds the in-order consumer has waited for bytes so far, its current wait included."""
+    waiting = w.consumer_waiting_since
+    return w.consumer_waited + (now - waiting if waiting is not None else 0.0)
 
 
 def _ready(order: list[Slot]) -> int:
